@@ -1,0 +1,93 @@
+"""The contract between the training engine and a method.
+
+The engine owns the loop, data loading, optimizer, LR schedule, AMP, DDP, checkpoints and
+evaluation. A method owns what happens inside one step: which forwards to run, how to mix and
+weight, and what loss to return. Method state (EMA teacher, confidence bank, ...) is registered
+on the method (an ``nn.Module``) so it moves with ``.to(device)`` and is saved in checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from ..config import MethodConfig
+
+METHOD_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    name = cls.config_class.model_fields["name"].default
+    if not name:
+        raise TypeError(f"{cls.__name__}.config_class must give 'name' a default")
+    METHOD_REGISTRY[name] = cls
+    return cls
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run, beyond its own config."""
+
+    num_classes: int
+    ignore_index: int
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    total_iterations: int = 1
+    class_names: tuple[str, ...] = ()
+    labeled_dataset: Any = None
+    """The labeled training dataset (``load(index, seed)`` gives an augmented sample)."""
+    unlabeled_dataset: Any = None
+    """The unlabeled training dataset, for methods that fetch specific images (AEL's adaptive CutMix)."""
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    """Enters the run's mixed-precision context (a no-op when AMP is off)."""
+    timer: Any = None
+    """An :class:`equiseg.engine.timing.StepTimer`; ``with ctx.section("teacher"):`` times a part."""
+    generator: Optional[torch.Generator] = None
+
+    def section(self, name: str) -> contextlib.AbstractContextManager:
+        return self.timer.section(name) if self.timer is not None else contextlib.nullcontext()
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    """Scalars to log (floats or 0-d tensors; the engine detaches and averages them)."""
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Optional visuals for TensorBoard (e.g. pseudo-labels), logged on sample steps."""
+
+
+class Method(nn.Module):
+    config_class: ClassVar[type[MethodConfig]]
+    uses_unlabeled: ClassVar[bool] = False
+    strong_view: ClassVar[bool] = False
+    """Whether unlabeled samples need a strongly augmented view (``image_strong``)."""
+
+    def __init__(self, cfg: MethodConfig, student: nn.Module, ctx: MethodContext):
+        super().__init__()
+        self.cfg = cfg
+        self.ctx = ctx
+        # The student is owned by the engine (it may be DDP-wrapped and is saved as "model"):
+        # keep it out of this module's parameters and state_dict.
+        object.__setattr__(self, "student", student)
+
+    # ---- the step
+    def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, iteration: int) -> None:
+        """Called after each optimizer step (EMA updates live here)."""
+
+    # ---- evaluation
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models to evaluate, by name; the first one is the run's reported model."""
+        return {"student": unwrap(self.student)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module behind a DDP wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
