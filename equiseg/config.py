@@ -103,6 +103,8 @@ class TrainConfig(Section):
     sample_every: int = Field(500, ge=1)
     """Write sample predictions to TensorBoard every N iterations."""
     progress_bar: bool = True
+    profile: bool = False
+    """Synchronize CUDA at timing-section boundaries so the per-step breakdown is exact (slower)."""
     grad_clip: Optional[float] = Field(None, gt=0)
 
 

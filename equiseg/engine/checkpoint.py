@@ -1,0 +1,73 @@
+"""Atomic checkpoint files and RNG-state capture for exact resumption."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a killed run never
+    leaves a half-written checkpoint under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        # Checkpoints hold RNG states and plain Python containers; all are safe to unpickle
+        # with weights_only once numpy's RNG state types are allowed.
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # corrupt or truncated file
+        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def model_state_from_checkpoint(ckpt: dict, which: str = "auto") -> tuple[dict, str]:
+    """The model weights stored in a checkpoint: a training checkpoint holds the student
+    (``model``) and the method's evaluated model (``eval_model``); a best/exported file holds
+    ``model`` only. ``which='auto'`` prefers the model the run reported."""
+    if which == "auto":
+        which = "eval_model" if "eval_model" in ckpt else "model"
+    if which not in ckpt:
+        raise WeightsError(f"checkpoint has no '{which}' weights (keys: {sorted(ckpt)})")
+    return ckpt[which], which
