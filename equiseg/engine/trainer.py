@@ -213,13 +213,16 @@ class Trainer:
         results = {}
         for name, model in self.method.eval_models().items():
             res = evaluate(model, self.data.val, self.spec, self.cfg.eval, self.dist.device,
-                           autocast=self.autocast, max_images=self.cfg.eval.max_images)
+                           autocast=self.autocast, max_images=self.cfg.eval.max_images,
+                           crop_size=self.cfg.data.crop_size)
             results[name] = res.to_dict()
             log.info("iter %d | %s val mIoU %.2f (tail %.2f)", self.iteration, name,
                      100 * res.miou, 100 * (res.tail_miou if res.tail_miou is not None else float("nan")))
         main = next(iter(results))
         summary = {"iteration": self.iteration, "model": main, **results[main], "all_models": results}
         self.last_eval, self.last_eval_iteration = summary, self.iteration
+        if summary["miou"] is None:
+            raise ValueError("validation scored no pixels: is the val list empty or all ignore?")
         if not self.best or summary["miou"] > self.best["miou"]:
             self.best, self.best_iteration = summary, self.iteration
             if self.dist.is_main:

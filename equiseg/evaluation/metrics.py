@@ -80,6 +80,24 @@ class EvalResult:
             out["confusion"] = np.asarray(self.confusion).astype(np.int64).tolist()
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvalResult":
+        """Rebuild a result from :meth:`to_dict` output (``None`` back to NaN). Unknown keys,
+        e.g. the iteration a trainer stores alongside, are ignored."""
+        return cls(
+            iou=tuple(_from_json_float(v) for v in data["iou"]),
+            class_acc=tuple(_from_json_float(v) for v in data.get("class_acc", [None] * len(data["iou"]))),
+            miou=_from_json_float(data["miou"]),
+            pixel_acc=_from_json_float(data.get("pixel_acc")),
+            mean_class_acc=_from_json_float(data.get("mean_class_acc")),
+            head_miou=_from_json_float(data.get("head_miou")),
+            tail_miou=_from_json_float(data.get("tail_miou")),
+            tail_ids=tuple(int(i) for i in data.get("tail_ids", ())),
+            num_pixels=int(data.get("num_pixels", 0)),
+            num_images=data.get("num_images"),
+            confusion=None if data.get("confusion") is None else np.asarray(data["confusion"], dtype=np.int64),
+        )
+
     def table(self, class_names: Sequence[str], tail_ids: Optional[Sequence[int]] = None) -> str:
         """Fixed-width per-class IoU table (percent); tail classes marked ``*``.
 
@@ -230,6 +248,10 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _json_float(value: float) -> Optional[float]:
     return None if value is None or math.isnan(value) else float(value)
+
+
+def _from_json_float(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _pct(value: float, width: int) -> str:
