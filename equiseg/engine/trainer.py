@@ -115,6 +115,7 @@ class Trainer:
         self.method_cls: type[Method] = method_class(cfg.method.name)
         self.data: RunData = build_run_data(cfg, strong_view=self.method_cls.strong_view,
                                             needs_unlabeled=self.method_cls.uses_unlabeled,
+                                            unlabeled_labels=self.method_cls.unlabeled_labels,
                                             run_dir=self.run_dir if self.dist.is_main else None)
         self.spec = self.data.spec
         device = self.dist.device

@@ -66,6 +66,17 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = False
     strong_view: ClassVar[bool] = False
     """Whether unlabeled samples need a strongly augmented view (``image_strong``)."""
+    unlabeled_labels: ClassVar[bool] = False
+    """Whether the unlabeled list's second column is loaded as ``label`` (offline pseudo-labels,
+    as in DST-CBC). Otherwise ground truth in an unlabeled list is never read for training."""
+
+    @classmethod
+    def run(cls, cfg, run_dir, resume=None):
+        """Train a whole run. One trainer run by default; offline multi-round methods
+        (DST-CBC) override this to drive several trainer runs."""
+        from ..engine.trainer import Trainer
+
+        return Trainer(cfg, run_dir, resume).fit()
 
     def __init__(self, cfg: MethodConfig, student: nn.Module, ctx: MethodContext):
         super().__init__()
