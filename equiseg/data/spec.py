@@ -25,6 +25,10 @@ class DatasetSpec:
     label_lut: Optional[tuple[int, ...]] = field(default=None, repr=False)
     """256 entries mapping a raw mask value to a train id, ``ignore_index``, or -1 for a value
     that must never occur (an error). None means raw values are train ids already."""
+    suffix_luts: tuple[tuple[str, tuple[int, ...]], ...] = field(default=(), repr=False)
+    """``(file-name suffix, 256-entry LUT)`` pairs for datasets whose masks come in more than one
+    encoding (Cityscapes ``*_labelIds.png`` vs ``*_labelTrainIds.png``); :meth:`lut_for` picks the
+    first suffix a mask path ends with, else :meth:`lut_array`."""
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -38,6 +42,9 @@ class DatasetSpec:
             raise ValueError(f"dataset '{self.name}': tail classes {sorted(unknown)} are not class names")
         if self.label_lut is not None and len(self.label_lut) != 256:
             raise ValueError(f"dataset '{self.name}': label_lut must have 256 entries")
+        for suffix, lut in self.suffix_luts:
+            if len(lut) != 256:
+                raise ValueError(f"dataset '{self.name}': LUT for '*{suffix}' must have 256 entries")
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +62,13 @@ class DatasetSpec:
         lut[: self.num_classes] = np.arange(self.num_classes)
         lut[self.ignore_index] = self.ignore_index
         return lut
+
+    def lut_for(self, mask_path: str) -> np.ndarray:
+        """The LUT for one mask file: a matching ``suffix_luts`` entry, else :meth:`lut_array`."""
+        for suffix, lut in self.suffix_luts:
+            if str(mask_path).endswith(suffix):
+                return np.asarray(lut, dtype=np.int16)
+        return self.lut_array()
 
     def palette_array(self) -> np.ndarray:
         """(256, 3) uint8 colour table; ignore is black, unlisted ids are grey."""

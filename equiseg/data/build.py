@@ -1,0 +1,126 @@
+"""From a config to the datasets of one run (used by the trainer and the CLI).
+
+Resolution of ``data:`` keys:
+
+- pool = ``data.train_list`` (through the definition, so VOC id lists work) or the definition's
+  default ``train`` split; val = ``data.val_list`` or the default ``val`` split.
+- labeled/unlabeled:
+  ``data.labeled_list`` (+ optional ``data.unlabeled_list``, else the rest of the pool), both
+  imported onto the pool with :func:`~equiseg.data.splits.import_split` (peer formats accepted);
+  or ``data.labeled`` + ``data.fold`` through :func:`~equiseg.data.splits.make_split`;
+  or neither: the whole pool is labeled (fully supervised) and there is no unlabeled data unless
+  ``data.unlabeled_list`` is given.
+- methods with ``unlabeled_labels`` (offline pseudo-labels, DST-CBC) need ``data.unlabeled_list``:
+  its ``image label`` lines are read as they are (label = a pseudo-label PNG of train ids, path
+  relative to the root or absolute), not mapped onto the pool, whose labels are ground truth.
+- the labeled set gets the weak train transform; the unlabeled set gets the weak transform plus,
+  when the method asks for it, the strong view (``image_strong``); val gets no geometry.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import DataError
+from .datasets import DatasetDefinition, ListDataset, Pair, definition_from_config, read_list_file
+from .spec import DatasetSpec
+from .splits import complement, import_split, make_split, write_split
+from .transforms import eval_transform, train_transform
+
+log = logging.getLogger("equiseg")
+
+
+@dataclass
+class RunData:
+    spec: DatasetSpec
+    definition: DatasetDefinition
+    root: Path
+    labeled: ListDataset
+    unlabeled: Optional[ListDataset]
+    val: ListDataset
+    split_meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class SplitLists:
+    root: Path
+    pool: list[Pair]
+    labeled: list[Pair]
+    unlabeled: list[Pair]
+    val: list[Pair]
+    meta: dict
+
+
+def resolve_split(data_cfg: Any, definition: Optional[DatasetDefinition] = None,
+                  read_unlabeled_as_is: bool = False) -> SplitLists:
+    """The pool, labeled, unlabeled and val pairs a ``data:`` config section describes.
+
+    ``read_unlabeled_as_is``: read ``data.unlabeled_list`` as ``image label`` lines (pseudo-label
+    paths kept) instead of importing it onto the pool; the list is then required."""
+    d = data_cfg
+    definition = definition or definition_from_config(d)
+    root = definition.resolve_root(d.root)
+    pool = definition.pairs_from_list(d.train_list, root) if d.train_list else definition.pairs(d.root, "train")
+    val = definition.pairs_from_list(d.val_list, root) if d.val_list else definition.pairs(d.root, "val")
+    meta: dict = {"dataset": d.dataset, "root": str(root), "pool": d.train_list or "default train split",
+                  "pool_count": len(pool)}
+    if d.labeled_list:
+        labeled = import_split(d.labeled_list, root, definition, pool)
+        meta.update(protocol="lists", labeled_list=d.labeled_list)
+    elif d.labeled:
+        labeled, _ = make_split(pool, d.labeled, d.fold)
+        meta.update(protocol="hash-ranked", labeled_share=d.labeled, fold=d.fold)
+    else:
+        labeled = list(pool)
+        meta.update(protocol="fully supervised")
+    if read_unlabeled_as_is:
+        if not d.unlabeled_list:
+            raise DataError("this method trains on offline pseudo-labels: set data.unlabeled_list to a list of "
+                            "'image pseudo_label' lines")
+        unlabeled = read_list_file(d.unlabeled_list, with_labels=True)
+        meta.update(unlabeled_list=d.unlabeled_list, unlabeled_labels="pseudo-labels (train ids)")
+    elif d.unlabeled_list:
+        unlabeled = import_split(d.unlabeled_list, root, definition, pool)
+        meta["unlabeled_list"] = d.unlabeled_list
+    elif d.labeled_list or d.labeled:
+        unlabeled = complement(pool, labeled)
+    else:
+        unlabeled = []
+    return SplitLists(root, pool, labeled, unlabeled, val, meta)
+
+
+def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = False,
+                   unlabeled_labels: bool = False, run_dir: Optional[Path] = None) -> RunData:
+    """Datasets for a run; with ``run_dir`` the split is also written to ``run_dir/split``.
+
+    Args:
+        cfg: the run config (``cfg.data``; ``cfg.method.name`` for messages).
+        strong_view: unlabeled samples carry ``image_strong``.
+        needs_unlabeled: build the unlabeled dataset (an error when there is no unlabeled data).
+        unlabeled_labels: unlabeled samples carry ``label`` read from ``data.unlabeled_list``'s
+            second column (train-id pseudo-labels), see the module docstring.
+        run_dir: where to write ``split/`` (labeled.txt, unlabeled.txt, split.json).
+    """
+    d = cfg.data
+    definition = definition_from_config(d)
+    lists = resolve_split(d, definition, read_unlabeled_as_is=unlabeled_labels)
+    if needs_unlabeled and not lists.unlabeled:
+        raise DataError(f"method '{cfg.method.name}' trains on unlabeled images, but the {d.dataset} pool of "
+                        f"{len(lists.pool)} images is all labeled: set data.labeled (e.g. '1/8') or "
+                        "data.labeled_list / data.unlabeled_list")
+    if run_dir is not None:
+        write_split(Path(run_dir) / "split", lists.labeled, lists.unlabeled, lists.meta)
+    spec = definition.spec
+    labeled = ListDataset(lists.root, lists.labeled, spec, train_transform(d, spec, strong_view=False),
+                          with_labels=True, image_scale=d.image_scale)
+    unlabeled = None
+    if needs_unlabeled:
+        unlabeled = ListDataset(lists.root, lists.unlabeled, spec, train_transform(d, spec, strong_view=strong_view),
+                                with_labels=unlabeled_labels, image_scale=d.image_scale,
+                                train_id_labels=unlabeled_labels)
+    val = ListDataset(lists.root, lists.val, spec, eval_transform(spec), with_labels=True, image_scale=d.image_scale)
+    log.info("data: %s at %s, %d labeled / %d unlabeled / %d val (%s)", d.dataset, lists.root, len(labeled),
+             len(lists.unlabeled), len(val), lists.meta["protocol"])
+    return RunData(spec, definition, lists.root, labeled, unlabeled, val, lists.meta)
