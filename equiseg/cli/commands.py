@@ -1,0 +1,239 @@
+"""The work behind each ``equiseg`` sub-command (parsing lives in :mod:`equiseg.cli.main`)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, load_config, validate_config
+from ..errors import DataError
+
+
+# --------------------------------------------------------------------------- train
+
+
+def resolve_run_dir(cfg: Config, run_dir: Optional[str]) -> Path:
+    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+
+
+def resolve_resume(run_dir: Path, resume: Optional[str], overwrite: bool) -> Optional[Path]:
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume == "auto":
+        if not last.is_file():
+            raise ConfigError(f"--resume auto: no checkpoint at {last}")
+        return last
+    if resume:
+        if not Path(resume).is_file():
+            raise ConfigError(f"--resume: checkpoint not found: {resume}")
+        return Path(resume)
+    if (run_dir / "checkpoints").exists() or (run_dir / "results.json").exists():
+        if not overwrite:
+            raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume auto to continue it, "
+                              "--overwrite to start afresh, or set run.name")
+        if _is_main_process():
+            shutil.rmtree(run_dir)
+    return None
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cmd_train(args) -> int:
+    from ..methods import method_class
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = resolve_run_dir(cfg, args.run_dir)
+    resume = resolve_resume(run_dir, args.resume, args.overwrite)
+    result = method_class(cfg.method.name).run(cfg, run_dir, resume)
+    if _is_main_process():
+        _print_summary(result.last, result.best, result.best_iteration, run_dir)
+    return 0
+
+
+def _print_summary(last: dict, best: dict, best_iteration: int, run_dir: Path) -> None:
+    def fmt(r):
+        tail = r.get("tail_miou")
+        return f"mIoU {100 * r['miou']:.2f}" + (f", tail mIoU {100 * tail:.2f}" if tail is not None else "")
+
+    print(f"\nlast checkpoint (iteration {last['iteration']}): {fmt(last)}")
+    print(f"best checkpoint (iteration {best_iteration}): {fmt(best)}")
+    print(f"run folder: {run_dir}")
+
+
+# --------------------------------------------------------------------------- eval / predict
+
+
+def _load_model(checkpoint: str, cfg: Config, num_classes: int, weights: str, device: torch.device):
+    from ..engine.checkpoint import load_checkpoint, model_state_from_checkpoint
+    from ..models import build_model
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    state, which = model_state_from_checkpoint(ckpt, weights)
+    # Pretrained backbone weights are irrelevant here: the checkpoint overwrites them.
+    model = build_model(cfg.model.model_copy(update={"pretrained": None}), num_classes)
+    model.load_state_dict(state)  # strict: a mismatched checkpoint is an error
+    return model.to(device).eval(), which
+
+
+def cmd_eval(args) -> int:
+    from ..data.datasets import ListDataset, definition_from_config
+    from ..data.transforms import eval_transform
+    from ..engine.distributed import init_distributed
+    from ..engine.trainer import autocast_factory
+    from ..evaluation.evaluator import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    dist = init_distributed(cfg.run.device)
+    definition = definition_from_config(cfg.data)
+    root = definition.resolve_root(cfg.data.root)
+    if args.eval_list:
+        pairs, source = definition.pairs_from_list(args.eval_list, root), args.eval_list
+    elif cfg.data.val_list:
+        pairs, source = definition.pairs_from_list(cfg.data.val_list, root), cfg.data.val_list
+    else:
+        pairs, source = definition.pairs(cfg.data.root, "val"), "val split"
+    spec = definition.spec
+    dataset = ListDataset(root, pairs, spec, eval_transform(spec), with_labels=True, image_scale=cfg.data.image_scale)
+    model, which = _load_model(args.checkpoint, cfg, spec.num_classes, args.weights, dist.device)
+    result = evaluate(model, dataset, spec, cfg.eval, dist.device, autocast=autocast_factory(cfg.train.amp, dist.device),
+                      max_images=cfg.eval.max_images, crop_size=cfg.data.crop_size, progress=dist.is_main)
+    if dist.is_main:
+        print(f"{spec.name} {source}: {result.num_images} images, mode={cfg.eval.mode}, flip={cfg.eval.flip}, "
+              f"image_scale={cfg.data.image_scale}, weights={which} of {args.checkpoint}")
+        print(result.table(spec.class_names, spec.tail_ids))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(result.to_dict(spec.class_names), indent=2))
+    return 0
+
+
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _collect_images(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in _IMAGE_EXTS))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"input not found: {p}")
+    if not files:
+        raise DataError(f"no images found in {inputs}")
+    return files
+
+
+def cmd_predict(args) -> int:
+    from ..data.datasets import decode_image, definition_from_config
+    from ..data.transforms import eval_transform, resize_pair
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.distributed import pick_device
+    from ..evaluation.inference import predict_probs
+    from ..evaluation.visualize import save_prediction
+
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        stored = load_checkpoint(Path(args.checkpoint)).get("config")
+        if stored is None:
+            raise ConfigError(f"{args.checkpoint} stores no config: pass --config")
+        cfg = validate_config(stored)
+    device = pick_device(cfg.run.device)
+    spec = definition_from_config(cfg.data).spec
+    model, _ = _load_model(args.checkpoint, cfg, spec.num_classes, args.weights, device)
+    transform = eval_transform(spec)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for path in _collect_images(args.inputs):
+        image = decode_image(path)
+        h, w = image.shape[:2]
+        if cfg.data.image_scale != 1.0:
+            image, _ = resize_pair(image, None, round(h * cfg.data.image_scale), round(w * cfg.data.image_scale))
+        x = transform({"image": image}, rng)["image"].unsqueeze(0).to(device)
+        with torch.no_grad():
+            probs = predict_probs(model, x, mode=cfg.eval.mode, crop_size=cfg.eval.crop_size or cfg.data.crop_size,
+                                  stride=cfg.eval.stride, flip=cfg.eval.flip, num_classes=spec.num_classes)
+        if probs.shape[-2:] != (h, w):  # back to the input's own resolution
+            probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        pred = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        save_prediction(pred, out_dir / f"{path.stem}_color.png", out_dir / f"{path.stem}.png", spec)
+        print(f"{path} -> {out_dir / (path.stem + '.png')}")
+    return 0
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def cmd_splits(args) -> int:
+    from ..data.datasets import get_dataset_definition
+    from ..data.splits import complement, import_split, make_split, write_split
+
+    definition = get_dataset_definition(args.dataset)
+    root = definition.resolve_root(args.root)
+    pool = definition.pairs_from_list(args.train_list, root) if args.train_list else definition.pairs(args.root, "train")
+    out = Path(args.out)
+    if args.import_file:
+        labeled = import_split(args.import_file, root, definition, pool)
+        unlabeled = complement(pool, labeled)
+        meta = {"dataset": args.dataset, "protocol": "imported", "source": args.import_file}
+        write_split(out, labeled, unlabeled, meta)
+        print(f"{out}: {len(labeled)} labeled / {len(unlabeled)} unlabeled (imported from {args.import_file})")
+        return 0
+    if not args.labeled:
+        raise ConfigError("splits: give --labeled (e.g. --labeled 1/8) or --import FILE")
+    for fold in range(args.folds):
+        for share in args.labeled:
+            labeled, unlabeled = make_split(pool, share, fold)
+            target = out / share.replace("/", "_") / f"fold{fold}"
+            write_split(target, labeled, unlabeled,
+                        {"dataset": args.dataset, "protocol": "hash-ranked", "labeled_share": share, "fold": fold,
+                         "pool_count": len(pool)})
+            print(f"{target}: {len(labeled)} labeled / {len(unlabeled)} unlabeled")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def demo_config(data_root: Path, run_dir: Path, method: str, iterations: int) -> Config:
+    """A CPU-sized run on the synthetic long-tailed scenes: 1/8 of the images labeled."""
+    return validate_config({
+        "run": {"name": run_dir.name, "output_dir": str(run_dir.parent), "seed": 0},
+        "data": {"dataset": "synthetic", "root": str(data_root), "labeled": "1/8",
+                 "crop_size": [96, 128], "scale_range": [0.75, 1.5], "batch_size": 8, "num_workers": 1},
+        "model": {"arch": "deeplabv3plus", "backbone": "mobilenet_v2", "output_stride": 16},
+        "optim": {"iterations": iterations, "lr": 0.02, "head_lr_mult": 10, "warmup_iterations": 20},
+        "train": {"log_every": 25, "eval_every": max(iterations // 2, 1), "checkpoint_every": 100,
+                  "sample_every": max(iterations // 2, 1)},
+        "eval": {"mode": "whole"},
+        "method": {"name": method},
+    })
+
+
+def cmd_demo(args) -> int:
+    from ..data.synthetic import make_synthetic_dataset
+    from ..methods import method_class
+
+    out = Path(args.out)
+    n_train, n_val, iterations = (64, 16, 30) if args.quick else (400, 60, 600)
+    iterations = args.iterations or iterations
+    data_root = out / "data"
+    if not (data_root / "train.txt").is_file():
+        print(f"generating the synthetic long-tailed dataset in {data_root} ...")
+        make_synthetic_dataset(data_root, n_train=n_train, n_val=n_val, seed=0)
+    run_dir = out / f"run_{args.method}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    cfg = demo_config(data_root, run_dir, args.method, iterations)
+    result = method_class(cfg.method.name).run(cfg, run_dir, None)
+    _print_summary(result.last, result.best, result.best_iteration, run_dir)
+    return 0
