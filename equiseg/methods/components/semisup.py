@@ -1,0 +1,121 @@
+"""The teacher-student core shared by ``mean_teacher``, ``cutmix``, ``fixmatch`` and ``ael``.
+
+A student trained by the engine, an EMA teacher (:class:`EMATeacher`) registered on the method
+(so it is checkpointed), the teacher's pseudo-labels, one joint student forward over the labeled
+and unlabeled images, and CutMix among the unlabeled images of a batch.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ...config import MethodConfig
+from ..base import Method, MethodContext, unwrap
+from .losses import supervised_loss
+from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
+from .teacher import BatchNormMode, BufferMode, EMATeacher, PseudoLabels, make_pseudo_labels
+
+
+class TeacherStudentConfig(MethodConfig):
+    """Options every teacher-student method has."""
+
+    alpha: float = Field(1.0, ge=0)
+    """Weight α of the unsupervised loss: L = L_s + α L_u (AEL Eq. 3, Table 9: 1.0)."""
+    ema_momentum: float = Field(0.99, ge=0, lt=1)
+    """EMA momentum m; the decay at optimizer step t is min(1 - 1/(t+1), m). 0.99 as the official
+    AEL code (the paper gives no value). 0 makes the teacher the current student (self-training)."""
+    ema_buffers: BufferMode = "teacher"
+    """BatchNorm running statistics of the teacher: 'teacher' (its own train-mode forwards, official
+    AEL), 'copy' (the student's) or 'ema' (averaged like the parameters)."""
+    teacher_bn: BatchNormMode = "train"
+    """Teacher mode when pseudo-labelling: 'train' (batch statistics and dropout, official AEL; U2PL
+    issue #64 reports eval-mode BN worse) or 'eval'."""
+    report_model: Literal["teacher", "student"] = "teacher"
+    """The model the run reports (evaluated first, saved as the run's model); both are evaluated.
+    The official AEL code selects and saves the teacher."""
+    aux_weight: float = Field(0.4, ge=0)
+    """Weight of the aux head's supervised loss when the model has one (official AEL: 0.4)."""
+    student_forward: Literal["separate", "joint"] = "separate"
+    """'separate': one student forward for the labeled and one for the unlabeled images, so each set
+    has its own BatchNorm statistics (official AEL code; the paper is silent). 'joint': one forward
+    over both (UniMatch style; one BatchNorm batch, cheaper)."""
+
+    @model_validator(mode="after")
+    def _teacher_consistent(self):
+        if self.ema_buffers == "teacher" and self.teacher_bn == "eval":
+            raise ValueError("ema_buffers 'teacher' needs teacher_bn 'train' (an eval-mode teacher never "
+                             "updates its BatchNorm statistics); use ema_buffers 'copy' or 'ema'")
+        return self
+
+
+class PseudoLabelConfig(TeacherStudentConfig):
+    """Options of the methods trained on teacher pseudo-labels of CutMix-ed unlabeled images."""
+
+    confidence_threshold: float = Field(0.0, ge=0, le=1)
+    """Pixels whose teacher confidence is below this get no pseudo-label (0 keeps every pixel)."""
+    cutmix_area: float = Field(CUTMIX_AREA, gt=0, le=1)
+    """Area of a random CutMix box as a fraction of the image (CutMix-Seg / official AEL: 0.5)."""
+
+
+class TeacherStudentMethod(Method):
+    """Base of the teacher-student methods; registers nothing itself."""
+
+    uses_unlabeled = True
+
+    def __init__(self, cfg: TeacherStudentConfig, student: nn.Module, ctx: MethodContext):
+        super().__init__(cfg, student, ctx)
+        self.teacher = EMATeacher(student, cfg.ema_momentum, cfg.ema_buffers, cfg.teacher_bn)
+        # The run's generator (CPU, checkpointed by the engine); a fixed one when run standalone.
+        self.generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
+
+    # ---- the parts every step uses
+    def pseudo_labels(self, images: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0) -> PseudoLabels:
+        """Ŷ: the teacher's pseudo-labels on (weakly augmented) images, under no_grad."""
+        probs = self.teacher.probabilities(images, self.ctx.autocast)
+        return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index)
+
+    def student_forward(self, *images: torch.Tensor) -> list[dict]:
+        """The student's output dict for each image batch: one forward per batch ('separate') or
+        one forward over their concatenation, split back ('joint')."""
+        with self.ctx.autocast():
+            if self.cfg.student_forward == "separate":
+                return [self.student(x) for x in images]
+            outputs = self.student(torch.cat(images))
+        sizes = [x.shape[0] for x in images]
+        parts = {key: value.split(sizes) for key, value in outputs.items()}
+        return [{key: chunks[i] for key, chunks in parts.items()} for i in range(len(images))]
+
+    def labeled_loss(self, outputs: dict, label: torch.Tensor, ohem=None) -> torch.Tensor:
+        """L_s (AEL Eq. 1) on the ground truth."""
+        return supervised_loss(outputs, label, self.ctx.ignore_index, self.cfg.aux_weight, ohem)
+
+    def cutmix_among_batch(self, sample: dict) -> tuple[dict, torch.Tensor]:
+        """CutMix of a batch of unlabeled samples with each other (Eq. 8 with I_1, I_2 random
+        images of the batch): each image gets a random box from its partner image."""
+        b, h, w = sample["valid"].shape
+        partners = mixing_partners(b, self.generator)
+        boxes = random_boxes(b, h, w, self.generator, self.cfg.cutmix_area, device=sample["valid"].device)
+        return paste(boxes, sample, select(sample, partners)), boxes
+
+    def unlabeled_sample(self, image: torch.Tensor, pseudo: PseudoLabels) -> dict:
+        """An unlabeled image with its pseudo-labels, as one mixable sample."""
+        return {"image": image, "label": pseudo.label, "prediction": pseudo.prediction,
+                "confidence": pseudo.confidence, "valid": pseudo.valid}
+
+    # ---- the engine's hooks
+    def after_optimizer_step(self, iteration: int) -> None:
+        self.teacher.update(self.student, iteration)
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        models = {"teacher": self.teacher.model, "student": unwrap(self.student)}
+        first = self.cfg.report_model
+        return {first: models[first], **{k: v for k, v in models.items() if k != first}}
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (0 when the mask is empty), detached, for logs."""
+    mask = mask.bool()
+    return values.detach().float()[mask].mean() if mask.any() else values.new_zeros(())

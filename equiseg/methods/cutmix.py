@@ -1,0 +1,47 @@
+"""CutMix-Seg [French et al., BMVC 2020] as AEL's basic framework (AEL §3.2).
+
+A student and an EMA teacher. The teacher pseudo-labels the weakly augmented unlabeled images
+(random resize + flip); the strong augmentation is CutMix among the unlabeled images of the batch,
+applied consistently to images, pseudo-labels and confidences. The student learns from the labeled
+images with their ground truth (Eq. 1) and from the mixed images with the mixed pseudo-labels
+(Eq. 2); L = L_s + α L_u (Eq. 3). An optional confidence threshold drops uncertain pixels.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from .base import StepOutput, register_method
+from .components import PseudoLabelConfig, TeacherStudentMethod, masked_mean, pixel_cross_entropy, weighted_mean
+
+
+class CutMixConfig(PseudoLabelConfig):
+    name: Literal["cutmix"] = "cutmix"
+
+
+@register_method
+class CutMix(TeacherStudentMethod):
+    config_class = CutMixConfig
+
+    def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
+        cfg, ignore = self.cfg, self.ctx.ignore_index
+        x_l, y_l = labeled["image"], labeled["label"]
+        x_u = unlabeled["image"]
+
+        # Ŷ: teacher pseudo-labels on the weakly augmented unlabeled images.
+        with self.ctx.section("teacher"):
+            y_hat = self.pseudo_labels(x_u, unlabeled["valid"], cfg.confidence_threshold)
+        # Strong augmentation: CutMix among the unlabeled images (Eq. 8, random I_1 and I_2).
+        with self.ctx.section("extras"):
+            mixed, boxes = self.cutmix_among_batch(self.unlabeled_sample(x_u, y_hat))
+        with self.ctx.section("student"):
+            out_l, out_u = self.student_forward(x_l, mixed["image"])
+
+        loss_s = self.labeled_loss(out_l, y_l)                                  # Eq. 1
+        pseudo_labeled = mixed["label"] != ignore
+        loss_u = weighted_mean(pixel_cross_entropy(out_u["out"], mixed["label"], ignore), pseudo_labeled)  # Eq. 2
+        loss = loss_s + cfg.alpha * loss_u                                      # Eq. 3
+        logs = {"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(),
+                "pl_conf": masked_mean(mixed["confidence"], mixed["valid"]),
+                "pl_ratio": masked_mean(pseudo_labeled.float(), mixed["valid"]),
+                "mix_ratio": boxes.float().mean()}
+        return StepOutput(loss=loss, logs=logs)
