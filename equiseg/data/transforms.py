@@ -13,7 +13,7 @@ the tensors of the data contract (docs/design.md). Every random draw comes from 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -236,15 +236,21 @@ def denormalize(image: torch.Tensor, spec: DatasetSpec) -> np.ndarray:
 PhotometricAug = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def train_transform(data_cfg: Any, spec: DatasetSpec, strong_view: bool = False,
+def train_transform(data_cfg: Any, spec: DatasetSpec, strong_view: Union[bool, PhotometricAug] = False,
                     strong_augment: Optional[PhotometricAug] = None) -> Compose:
     """Random scale (``data.scale_range``) → random crop (``data.crop_size`` as height, width) →
-    flip (if ``data.flip``) → [strong view] → normalise."""
+    flip (if ``data.flip``) → [strong view] → normalise.
+
+    ``strong_view`` may also be a photometric augment itself (a method's own strong view, e.g.
+    HagSeg's intensity pool, given as its ``Method.strong_view``); it is used when
+    ``strong_augment`` is not given."""
     steps: list = [RandomScale(tuple(data_cfg.scale_range)),
                    RandomCrop(tuple(data_cfg.crop_size), spec.mean, spec.ignore_index)]
     if data_cfg.flip:
         steps.append(HorizontalFlip(0.5))
     if strong_view:
+        if strong_augment is None and callable(strong_view):
+            strong_augment = strong_view
         steps.append(StrongView(strong_augment))
     steps.append(ToTensor(spec.mean, spec.std))
     return Compose(steps)
