@@ -158,7 +158,8 @@ def cmd_predict(args) -> int:
         h, w = image.shape[:2]
         if cfg.data.image_scale != 1.0:
             image, _ = resize_pair(image, None, round(h * cfg.data.image_scale), round(w * cfg.data.image_scale))
-        x = transform({"image": image}, rng)["image"].unsqueeze(0).to(device)
+        valid = np.ones(image.shape[:2], dtype=bool)
+        x = transform({"image": image, "valid": valid}, rng)["image"].unsqueeze(0).to(device)
         with torch.no_grad():
             probs = predict_probs(model, x, mode=cfg.eval.mode, crop_size=cfg.eval.crop_size or cfg.data.crop_size,
                                   stride=cfg.eval.stride, flip=cfg.eval.flip, num_classes=spec.num_classes)

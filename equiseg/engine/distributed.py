@@ -81,3 +81,12 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank 0's buffers (BN running statistics). DDP broadcasts them only at the
+    start of a forward, so after the last training step each replica holds its own."""
+    if not dist.is_initialized():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)

@@ -29,7 +29,8 @@ from ..methods import method_class
 from ..methods.base import Method, MethodContext, unwrap
 from ..models import build_model, convert_sync_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, init_distributed
+from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers,
+                          init_distributed)
 from .optim import build_optimizer, build_scheduler
 from .sampler import InfiniteBatchSampler
 from .timing import StepTimer
@@ -86,7 +87,10 @@ def _infinite_loader(dataset, global_batch: int, dist_info: DistInfo, seed: int,
                      start_batch: int, num_workers: int) -> DataLoader:
     sampler = InfiniteBatchSampler(len(dataset), global_batch, dist_info.rank, dist_info.world_size,
                                    seed=seed, stream=stream, start_batch=start_batch)
+    # The loader gets its own generator: drawing its base seed from the global RNG would shift
+    # the dropout/method random stream and break exact resumption.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed * 2 + stream),
                       pin_memory=dist_info.device.type == "cuda",
                       persistent_workers=num_workers > 0,
                       prefetch_factor=4 if num_workers > 0 else None)
@@ -213,10 +217,11 @@ class Trainer:
     def run_evaluation(self) -> dict:
         results = {}
         for name, model in self.method.eval_models().items():
+            broadcast_buffers(model)  # every rank evaluates the model rank 0 will save
             res = evaluate(model, self.data.val, self.spec, self.cfg.eval, self.dist.device,
                            autocast=self.autocast, max_images=self.cfg.eval.max_images,
                            crop_size=self.cfg.data.crop_size)
-            results[name] = res.to_dict()
+            results[name] = res.to_dict(self.spec.class_names, include_confusion=True)
             log.info("iter %d | %s val mIoU %.2f (tail %.2f)", self.iteration, name,
                      100 * res.miou, 100 * (res.tail_miou if res.tail_miou is not None else float("nan")))
         main = next(iter(results))

@@ -1,0 +1,201 @@
+"""End-to-end behaviour of the engine on tiny synthetic data: learning, resuming, DDP, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from equiseg.cli.main import main as cli
+from equiseg.config import validate_config
+from equiseg.data.synthetic import make_synthetic_dataset
+from equiseg.engine import trainer as trainer_module
+from equiseg.engine.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), n_train=32, n_val=6, size=(48, 64), seed=1)
+
+
+def tiny_config(data_root: Path, out: Path, method: str = "supervised", iterations: int = 20, **extra) -> dict:
+    raw = {
+        "run": {"name": "t", "output_dir": str(out), "seed": 3},
+        "data": {"dataset": "synthetic", "root": str(data_root), "labeled": "1/4", "crop_size": [32, 48],
+                 "scale_range": [0.75, 1.25], "batch_size": 4, "num_workers": 0},
+        "model": {"backbone": "mobilenet_v2", "output_stride": 16},
+        "optim": {"iterations": iterations, "lr": 0.02, "warmup_iterations": 5},
+        "train": {"log_every": 1, "eval_every": 1000, "checkpoint_every": 10, "sample_every": 1000,
+                  "progress_bar": False},
+        "method": {"name": method},
+    }
+    for dotted, value in extra.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["iteration"]] = rec["loss"]
+    return out
+
+
+def test_supervised_run_learns_and_beats_chance(data_root, tmp_path):
+    cfg = validate_config(tiny_config(data_root, tmp_path, iterations=80, optim__lr=0.03,
+                                      data__labeled=None, train__log_every=10))
+    result = Trainer(cfg, tmp_path / "sup").fit()
+    curve = losses(tmp_path / "sup")
+    assert curve[80] < 0.6 * curve[10], curve
+    # Chance: predicting the most frequent val class everywhere.
+    from PIL import Image
+    val_masks = [np.asarray(Image.open(data_root / line.split()[1])) for line in
+                 (data_root / "val.txt").read_text().split("\n") if line.strip()]
+    counts = np.bincount(np.concatenate([m.ravel() for m in val_masks]), minlength=9)
+    majority_acc = counts.max() / counts.sum()
+    assert result.last["pixel_acc"] > majority_acc + 0.2
+    assert result.last["miou"] > 2.0 / 9  # the majority predictor's mIoU is below 0.04
+    assert sum(map(sum, result.last["confusion"])) == counts.sum()
+    saved = json.loads((tmp_path / "sup" / "results.json").read_text())
+    assert saved["last"]["iteration"] == 80 and "best" in saved
+    assert (tmp_path / "sup" / "checkpoints" / "best.pt").is_file()
+    assert (tmp_path / "sup" / "split" / "labeled.txt").is_file()
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["supervised", "ael"])
+def test_resume_reproduces_uninterrupted_losses(data_root, tmp_path, monkeypatch, method):
+    raw = tiny_config(data_root, tmp_path, method=method, iterations=20)
+    full = Trainer(validate_config(raw), tmp_path / "full").fit()
+
+    original = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        original(self)
+        if self.iteration == 10:
+            raise _Killed()
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        Trainer(validate_config(raw), tmp_path / "killed").fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    resumed = Trainer(validate_config(raw), tmp_path / "killed",
+                      resume=tmp_path / "killed" / "checkpoints" / "last.pt").fit()
+
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "killed")
+    assert sorted(b) == list(range(1, 21))  # 1..10 before the kill, 11..20 after the resume
+    for it in range(11, 21):
+        assert b[it] == pytest.approx(a[it], rel=1e-5, abs=1e-6), (it, a[it], b[it])
+    assert resumed.last["miou"] == pytest.approx(full.last["miou"], abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, raw: dict, run_dir: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(validate_config(raw), Path(run_dir))
+    trainer.fit()
+    torch.save(trainer.model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_matches_one_process(data_root, tmp_path):
+    raw = tiny_config(data_root, tmp_path, iterations=6, train__checkpoint_every=6)
+    Trainer(validate_config(raw), tmp_path / "one").fit()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), raw, str(tmp_path / "two"), str(tmp_path)), nprocs=2, join=True)
+
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in r0:  # DDP keeps the replicas identical; BN statistics are rank 0's, broadcast for eval
+        assert torch.equal(r0[k], r1[k]), k
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    # Same samples per step; only BatchNorm sees 2 instead of 4 images per batch on each rank.
+    assert two[1] == pytest.approx(one[1], rel=0.1)
+    for it in one:
+        assert two[it] == pytest.approx(one[it], rel=0.25), (it, one[it], two[it])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _write_config(tmp_path: Path, raw: dict) -> Path:
+    import yaml
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cli_train_eval_predict_and_errors(data_root, tmp_path, capsys):
+    cfg_path = _write_config(tmp_path, tiny_config(data_root, tmp_path, iterations=4))
+    assert cli(["train", str(cfg_path), "train.checkpoint_every=2"]) == 0
+    run_dir = tmp_path / "t"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "results.json").is_file()
+    out = capsys.readouterr().out
+    assert "last checkpoint (iteration 4)" in out and "best checkpoint" in out
+
+    # A second train into the same folder must not clobber it silently.
+    assert cli(["train", str(cfg_path)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # --resume auto on a finished run just re-reports it; --overwrite starts afresh.
+    assert cli(["train", str(cfg_path), "--resume", "auto"]) == 0
+    assert cli(["train", str(cfg_path), "--overwrite", "optim.iterations=2"]) == 0
+    capsys.readouterr()
+
+    assert cli(["eval", str(run_dir / "config.yaml"), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
+                "--json", str(tmp_path / "eval.json")]) == 0
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "bicycle" in table
+    assert json.loads((tmp_path / "eval.json").read_text())["miou"] is not None
+
+    pred_dir = tmp_path / "pred"
+    images = sorted((data_root / "images").glob("val_*.png"))[:2]
+    assert cli(["predict", *map(str, images), "--checkpoint", str(run_dir / "checkpoints" / "best.pt"),
+                "--output", str(pred_dir)]) == 0
+    from PIL import Image
+    for img in images:
+        index_png = Image.open(pred_dir / f"{img.stem}.png")
+        assert index_png.size == Image.open(img).size
+        assert np.asarray(index_png).max() < 9
+        assert Image.open(pred_dir / f"{img.stem}_color.png").mode == "RGB"
+
+    # Misspelt key: an error naming it and the closest valid key.
+    assert cli(["train", str(cfg_path), "optim.iteratons=3"]) == 2
+    assert "did you mean 'iterations'" in capsys.readouterr().err
+    assert cli(["train", str(cfg_path), "data.root=/nonexistent/place", "--overwrite"]) == 2
+    assert "/nonexistent/place" in capsys.readouterr().err
+
+
+def test_cli_splits_writes_nested_lists(data_root, tmp_path, capsys):
+    out = tmp_path / "splits"
+    assert cli(["splits", "--dataset", "synthetic", "--root", str(data_root), "--labeled", "1/8",
+                "--labeled", "1/4", "--folds", "2", "--out", str(out)]) == 0
+    small = (out / "1_8" / "fold0" / "labeled.txt").read_text().split("\n")
+    large = (out / "1_4" / "fold0" / "labeled.txt").read_text().split("\n")
+    assert set(filter(None, small)) < set(filter(None, large))
+    meta = json.loads((out / "1_4" / "fold1" / "split.json").read_text())
+    assert meta and (out / "1_4" / "fold1" / "unlabeled.txt").is_file()
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert cli(["demo", "--quick", "--out", str(tmp_path / "demo"), "--iterations", "6"]) == 0
+    assert "mIoU" in capsys.readouterr().out
