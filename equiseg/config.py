@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
@@ -133,7 +134,8 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    method: MethodConfig = Field(default_factory=lambda: _method_config({"name": "supervised"}))
+    # SerializeAsAny: dump the method's own config class, not just the base's ``name``.
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config({"name": "supervised"}))
 
     @field_validator("method", mode="before")
     @classmethod

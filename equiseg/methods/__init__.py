@@ -11,7 +11,7 @@ import importlib
 from .base import METHOD_REGISTRY, Method, MethodContext, StepOutput, register_method
 
 # Modules that define methods; importing them fills the registry.
-_METHOD_MODULES = ("supervised",)
+_METHOD_MODULES = ("supervised", "mean_teacher", "cutmix", "fixmatch", "ael", "dst_cbc", "hagseg")
 
 
 def _load_all() -> None:

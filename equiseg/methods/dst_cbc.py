@@ -1,0 +1,860 @@
+"""DST-CBC: Dynamic Self-Training and Class-Balanced Curriculum (Feng et al., 2020).
+
+Round 0 trains on the labeled images alone (the ``supervised`` method). Each self-training round
+k = 1..R (α_k = 20, 40, 60, 80, 100 % by default) then
+
+1. pseudo-labels every unlabeled image offline with the best model so far, f_off (Algorithm 1):
+   per class c, t_c is the top-α_k quantile of the confidences mp of the pixels predicted as c,
+   estimated on a random sample of pixels; a pixel keeps its label ml only if mp ≥ t_ml (Eq. 6);
+2. fine-tunes from f_off, with a fresh optimizer and LR schedule, on 1:1 batches of labeled and
+   pseudo-labeled images (the ordinary training augmentation for both): cross-entropy with weight
+   1 on labeled pixels and the dynamic loss ω·CE on pseudo-labeled ones, ω = f_cur(x)[ŷ]^γ
+   (Eq. 1-2), summed and divided by the number of supervised pixels (the authors' DynamicLoss);
+3. keeps, over all rounds so far, the model that scores best on the selection set (val, or a
+   "valtiny" subset of about one image per class).
+
+Table 5's ablations are options of the same code: ST (``gamma: 0``, one round at α = 1), DST
+(one round at α = 1), DST-C (``thresholds: global``) and OW (``weights: stored``: ω from the
+labeling model's stored confidence instead of the current model's).
+
+Each round is a separate trainer run in ``<run>/round_k/`` (see docs/dst_cbc.md for the layout);
+a round is finished once ``round_k/round.json`` exists, so a killed run resumes in the round it
+was in, from that round's ``checkpoints/last.pt``.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..config import DataConfig, MethodConfig, OptimConfig, TrainConfig, validate_config
+from ..data.build import resolve_split
+from ..data.datasets import ListDataset, Pair, decode_image, definition_from_config, read_list_file, write_list_file
+from ..data.splits import import_split
+from ..data.transforms import eval_transform, resize_pair, train_transform
+from ..engine.checkpoint import load_checkpoint, model_state_from_checkpoint
+from ..engine.distributed import barrier, init_distributed
+from ..errors import ConfigError, DataError
+from ..evaluation.evaluator import evaluate
+from ..evaluation.inference import predict_probs
+from ..evaluation.metrics import ConfusionMatrix
+from ..models import build_model
+from .base import Method, StepOutput, register_method
+from .components.losses import pixel_cross_entropy, reweighting_weights, weighted_mean
+
+log = logging.getLogger("equiseg")
+
+CONFIDENCE_LEVELS = 2**16 - 1
+"""Confidences are quantised to ``round(p * 65535)``: stored as 16-bit PNGs and thresholded on
+these levels, so a stored value v means p within ±0.5/65535 ≈ ±7.6e-6 of v/65535."""
+PAPER_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
+"""§3.3: 5 self-training rounds labeling 20 % ... 100 % of the pixels of each class."""
+AUTHORS_SAMPLE_RATIO = 1 / 16
+"""§3.3 samples 5-10 % of the pixels; the authors' code takes every 16th pixel (6.25 %)."""
+SUPERVISED_OVERRIDE_KEYS = {"optim": (OptimConfig, None), "train": (TrainConfig, None),
+                            "data": (DataConfig, ("batch_size",))}
+"""Round-0 override sections and, where restricted, their allowed keys: the model, data split and
+evaluation must stay those of the self-training rounds."""
+
+ROUND_RECORD = "round.json"
+PSEUDO_LABEL_DIR = "pseudo_labels"
+CONFIDENCE_DIR = "confidence"
+PSEUDO_LABEL_LIST = "pseudo_labels.txt"
+PSEUDO_LABEL_STATS = "pseudo_labels.json"
+VALTINY_LIST = "valtiny.txt"
+
+
+class DstCbcConfig(MethodConfig):
+    name: Literal["dst_cbc"] = "dst_cbc"
+    alphas: list[float] = Field(default_factory=lambda: list(PAPER_ALPHAS), min_length=1)
+    """Labeling ratio α of each self-training round (§3.3); the list's length is the number of rounds."""
+    gamma: float = Field(9.0, ge=0)
+    """γ of Eq. 2 (9 in the paper; 4 with more than 1,000 labels; 0 = plain cross-entropy, "ST")."""
+    thresholds: Literal["class", "global"] = "class"
+    """``class``: one threshold per class (CBC, Algorithm 1); ``global``: one for all classes (DST-C)."""
+    weights: Literal["current", "stored"] = "current"
+    """Where ω's probability comes from: the model being trained (Eq. 2) or the labeling model's
+    confidence stored with the pseudo-labels (the OW ablation)."""
+    threshold_sample_ratio: float = Field(AUTHORS_SAMPLE_RATIO, gt=0, le=1)
+    """Share of pixels, drawn at random per image from (run.seed, round, image), on which the
+    thresholds are estimated (§3.3: 5-10 % is enough); 1 uses every pixel."""
+    aux_weight: float = Field(0.4, ge=0)
+    """Weight of the aux head's loss when the model has one (as the ``supervised`` method)."""
+    supervised_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Config values for round 0 only, as dotted keys: ``optim.*``, ``train.*`` and
+    ``data.batch_size`` (the paper trains round 0 longer and with 8 labeled images per batch)."""
+    supervised_checkpoint: Optional[str] = None
+    """A checkpoint (``best.pt``) to use as round 0 instead of training it, e.g. a previous run's
+    ``round_0/checkpoints/best.pt`` so that ablations share one baseline (as Table 5)."""
+    selection: Literal["val", "valtiny"] = "val"
+    """Model selection set: the val list, or a small subset of it with about one image per class."""
+    valtiny_list: Optional[str] = None
+    """valtiny images (a list in any format ``data.labeled_list`` accepts, e.g. the authors'
+    ``valtiny.txt``); default: drawn from val (``valtiny_per_class``, ``valtiny_seed``)."""
+    valtiny_per_class: int = Field(1, ge=1)
+    """Images drawn per class for valtiny (the paper's has about one per class)."""
+    valtiny_seed: int = Field(0, ge=0)
+    """Seed of the valtiny draw (kept apart from run.seed so that runs with different seeds share
+    one valtiny)."""
+    test_each_round: bool = True
+    """With valtiny selection, also evaluate each round's best and last models on the full val
+    list (the final round's always are; with val selection the trainer already did)."""
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas_in_range(cls, alphas: list[float]) -> list[float]:
+        bad = [a for a in alphas if not 0 < a <= 1]
+        if bad:
+            raise ValueError(f"labeling ratios must be in (0, 1], got {bad}")
+        return alphas
+
+    @field_validator("supervised_overrides")
+    @classmethod
+    def _known_round0_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        valid = [f"{section}.{key}" for section, (section_cls, allowed) in SUPERVISED_OVERRIDE_KEYS.items()
+                 for key in (allowed or section_cls.model_fields)]
+        for key, value in overrides.items():
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"supervised_overrides key '{key}' is not one of optim.*, train.*, "
+                                 f"data.batch_size{hint}")
+            section, field = key.split(".", 1)
+            try:
+                SUPERVISED_OVERRIDE_KEYS[section][0].model_validate({field: value})
+            except ValidationError as err:
+                raise ValueError(f"supervised_overrides '{key}': {err.errors()[0]['msg']} (got {value!r})") from None
+        return overrides
+
+    @model_validator(mode="after")
+    def _valtiny_options(self) -> "DstCbcConfig":
+        if self.valtiny_list is not None and self.selection != "valtiny":
+            raise ValueError("method.valtiny_list is only used with method.selection=valtiny")
+        return self
+
+
+# --------------------------------------------------------------------------- Algorithm 1
+
+
+def quantize_confidence(mp: torch.Tensor) -> torch.Tensor:
+    """Confidence in [0, 1] → integer level in [0, CONFIDENCE_LEVELS] (long)."""
+    return (mp.float() * CONFIDENCE_LEVELS).round().long().clamp_(0, CONFIDENCE_LEVELS)
+
+
+def sample_pixels(shape: tuple[int, ...], ratio: float, seed: tuple[int, ...]) -> torch.Tensor:
+    """A random boolean mask keeping about ``ratio`` of the pixels, a fixed function of ``seed``."""
+    if ratio >= 1:
+        return torch.ones(shape, dtype=torch.bool)
+    return torch.from_numpy(np.random.default_rng(seed).random(shape) < ratio)
+
+
+def confidence_histogram(ml: torch.Tensor, mp_level: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Lines 7-8, ``r_j = concat(r_j, mp[ml == j])``, kept as counts: (C, levels) of how many
+    pixels predicted as class j have each quantised confidence."""
+    bins = CONFIDENCE_LEVELS + 1
+    flat = ml.reshape(-1).long() * bins + mp_level.reshape(-1)
+    return torch.bincount(flat, minlength=num_classes * bins).view(num_classes, bins)
+
+
+def top_alpha_thresholds(histogram: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Lines 9-12: per row j, the level t_j such that the ⌈α·len(r_j)⌉ highest confidences of r_j
+    are ≥ t_j. A class with no sampled pixel, and every class at α = 1, gets t = 0 (keep all)."""
+    counts = histogram.sum(1).tolist()
+    ratio = Fraction(repr(float(alpha)))  # exact: α·n = 0.6·5 must be 3, not 3.0000000000000004
+    keep = torch.tensor([-(-ratio.numerator * n // ratio.denominator) for n in counts], device=histogram.device)
+    at_least = histogram.flip(1).cumsum(1)  # at_least[j, i]: pixels of r_j with level ≥ LEVELS - i
+    thresholds = CONFIDENCE_LEVELS - (at_least < keep[:, None]).sum(1)
+    thresholds[torch.tensor(counts, device=histogram.device) == 0] = 0
+    if alpha >= 1:
+        thresholds.zero_()
+    return thresholds
+
+
+def class_balanced_thresholds(histogram: torch.Tensor, alpha: float, per_class: bool = True) -> torch.Tensor:
+    """t_c for every class: CBC ranks each class's confidences separately; DST-C (``per_class``
+    False) ranks all pixels together and uses that one threshold for every class."""
+    if per_class:
+        return top_alpha_thresholds(histogram, alpha)
+    return top_alpha_thresholds(histogram.sum(0, keepdim=True), alpha).expand(histogram.shape[0]).clone()
+
+
+def select_pseudo_labels(ml: torch.Tensor, mp_level: torch.Tensor, thresholds: torch.Tensor,
+                         ignore_index: int) -> torch.Tensor:
+    """Lines 13-18 (Eq. 6): Y = ml where mp ≥ t_ml, IGNORE elsewhere."""
+    keep = mp_level >= thresholds.to(ml.device)[ml.long()]
+    return torch.where(keep, ml.long(), torch.full_like(ml.long(), ignore_index))
+
+
+# --------------------------------------------------------------------------- dynamic loss
+
+
+def dynamic_weights(logits_u: torch.Tensor, y_hat: torch.Tensor, gamma: float, ignore_index: int) -> torch.Tensor:
+    """Eq. 2: ω = (Σ_c y^c f_cur(x)^c)^γ, the current model's probability of the pseudo-label to the
+    power γ (detached; the same modulating factor as AEL's re-weighting). 0 where ŷ is ignored."""
+    known = y_hat != ignore_index
+    p_cur = logits_u.detach().float().softmax(1)
+    p_y = p_cur.gather(1, y_hat.masked_fill(~known, 0).unsqueeze(1)).squeeze(1)
+    return reweighting_weights(p_y, gamma) * known
+
+
+def dynamic_self_training_loss(logits: torch.Tensor, target: torch.Tensor, omega: torch.Tensor,
+                               ignore_index: int) -> torch.Tensor:
+    """Eq. 1 over the joint labeled + pseudo-labeled batch: Σ ω·ℓ_ce divided by the number of
+    supervised pixels (not by Σ ω: the authors' DynamicLoss, so low-confidence pseudo-labels lower
+    the loss rather than being renormalised away). Labeled pixels carry ω = 1; with ω ≡ 1 this is
+    the ``supervised`` loss of the joint batch."""
+    known = target != ignore_index
+    ce = pixel_cross_entropy(logits, target, ignore_index)
+    return weighted_mean(ce, omega * known, denominator=known, normalization="batch")
+
+
+@register_method
+class DstCbc(Method):
+    config_class = DstCbcConfig
+    uses_unlabeled = True
+    strong_view = False
+    unlabeled_labels = False
+    """The round driver supplies the pseudo-labeled dataset itself (:class:`PseudoLabeledDataset`):
+    the list dataset cannot carry OW's stored confidences through the augmentation."""
+
+    @classmethod
+    def run(cls, cfg, run_dir, resume=None):
+        return SelfTraining(cfg, Path(run_dir), resume=resume is not None).run()
+
+    def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
+        if unlabeled is None:
+            raise ValueError("dst_cbc self-training rounds need a pseudo-labeled batch")
+        ignore = self.ctx.ignore_index
+        x_l, y_l = labeled["image"], labeled["label"]
+        x_u, y_hat = unlabeled["image"], unlabeled["label"]  # ŷ: offline pseudo-label, 255 where not selected
+        n_l = x_l.shape[0]
+        with self.ctx.section("student"), self.ctx.autocast():
+            outputs = self.student(torch.cat([x_l, x_u]))  # one forward over the 1:1 batch (§4.2)
+        logits_u = outputs["out"][n_l:]
+        with self.ctx.section("weights"):
+            if self.cfg.weights == "current":
+                omega_u = dynamic_weights(logits_u, y_hat, self.cfg.gamma, ignore)  # Eq. 2
+            else:  # OW: the labeling model's confidence, stored at labeling time
+                omega_u = reweighting_weights(unlabeled["confidence"], self.cfg.gamma) * (y_hat != ignore)
+        target = torch.cat([y_l, y_hat])
+        omega = torch.cat([torch.ones_like(y_l, dtype=omega_u.dtype), omega_u])  # labeled pixels weigh 1
+        loss = dynamic_self_training_loss(outputs["out"], target, omega, ignore)
+        if "aux" in outputs and self.cfg.aux_weight > 0:
+            loss = loss + self.cfg.aux_weight * dynamic_self_training_loss(outputs["aux"], target, omega, ignore)
+
+        with torch.no_grad():
+            known_l, known_u = y_l != ignore, y_hat != ignore
+            ce = pixel_cross_entropy(outputs["out"].detach(), target, ignore)
+            logs = {
+                "loss_labeled": weighted_mean(ce[:n_l], known_l, normalization="batch"),
+                "loss_pseudo": weighted_mean(ce[n_l:], omega_u, denominator=known_u, normalization="batch"),
+                "omega": weighted_mean(omega_u, known_u, normalization="batch"),
+                "pseudo_share": known_u.sum() / (known_l.sum() + known_u.sum()).clamp_min(1),
+            }
+        return StepOutput(loss=loss, logs=logs)
+
+
+# --------------------------------------------------------------------------- pseudo-labeled data
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """uint8 arrays as 8-bit grayscale, uint16 as 16-bit grayscale PNGs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
+
+
+def confidence_path(round_dir: Path, pseudo_label: str) -> Path:
+    """``pseudo_labels/<name>.png`` → ``round_dir/confidence/<name>.png``."""
+    return round_dir / CONFIDENCE_DIR / Path(pseudo_label).relative_to(PSEUDO_LABEL_DIR)
+
+
+class PseudoLabeledDataset:
+    """Unlabeled images with the pseudo-labels of one round, augmented like the labeled images.
+
+    ``list_file`` holds ``image pseudo_label`` lines: the image relative to the dataset ``root``,
+    the pseudo-label (train ids, 255 ignored, at the image's size after ``image_scale``) relative
+    to the list's folder. With ``with_confidence`` the sample also has ``confidence`` (H, W) float:
+    the stored labeling confidence (16-bit PNG in ``confidence/``), 0 where padded. To follow the
+    same geometry, label and confidence travel through the transform packed as one int32 mask
+    (label << 16 | level), which resizes with nearest neighbour like a label.
+    """
+
+    def __init__(self, root: Path, list_file: Path, spec: Any, transform: Callable, image_scale: float = 1.0,
+                 with_confidence: bool = False):
+        self.root, self.list_file, self.spec = Path(root), Path(list_file), spec
+        self.round_dir = self.list_file.parent
+        self.transform, self.image_scale, self.with_confidence = transform, float(image_scale), with_confidence
+        self.pairs = read_list_file(self.list_file, with_labels=True)
+        if not self.pairs:
+            raise DataError(f"{self.list_file} lists no pseudo-labeled images")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int, seed: Optional[int] = None) -> dict[str, Any]:
+        i = int(index)
+        seed = i if seed is None else int(seed)
+        pair = self.pairs[i]
+        image = decode_image(self.root / pair.image)
+        if self.image_scale != 1.0:
+            image, _ = resize_pair(image, None, self.image_scale)
+        label = _read_png(self.round_dir / pair.label)
+        if label.shape != image.shape[:2]:
+            raise DataError(f"pseudo-label {self.round_dir / pair.label} is {label.shape[1]}x{label.shape[0]}, but "
+                            f"{pair.image} is {image.shape[1]}x{image.shape[0]} after data.image_scale")
+        if self.with_confidence:
+            level = _read_png(confidence_path(self.round_dir, pair.label)).astype(np.int32)
+            label = (label.astype(np.int32) << 16) | level
+        sample = {"image": image, "label": label, "valid": np.ones(image.shape[:2], dtype=bool)}
+        sample = self.transform(sample, np.random.default_rng((seed, i)))
+        valid = sample["valid"]
+        if self.with_confidence:
+            packed = sample["label"]
+            sample["confidence"] = torch.where(valid, (packed & 0xFFFF).float() / CONFIDENCE_LEVELS, 0.0)
+            sample["label"] = packed >> 16
+        sample["label"] = sample["label"].masked_fill(~valid, self.spec.ignore_index)
+        sample["index"] = i
+        sample["name"] = Path(pair.label).stem
+        return sample
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        if isinstance(key, (tuple, list)):
+            return self.load(key[0], key[1])
+        return self.load(key)
+
+
+# --------------------------------------------------------------------------- valtiny
+
+
+def draw_valtiny(presence: np.ndarray, per_class: int = 1, seed: int = 0) -> list[int]:
+    """Indices of a small selection set of about ``per_class`` images per class (the paper's
+    valtiny: 20 VOC and 19 Cityscapes images, "roughly one image for each class"): for each class,
+    rarest first, ``per_class`` random images that contain it and are not chosen yet. Every class
+    of the set is covered; ``presence`` is the (images, classes) table of which classes each
+    image's ground truth holds, and the draw is a fixed function of ``seed``."""
+    presence = np.asarray(presence, dtype=bool)
+    order = np.random.default_rng(seed).permutation(presence.shape[0])
+    frequency = presence.sum(0)
+    chosen: list[int] = []
+    for c in sorted(np.flatnonzero(frequency), key=lambda c: (frequency[c], c)):
+        candidates = [int(i) for i in order if presence[i, c] and i not in chosen]
+        chosen.extend(candidates[:per_class])
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------- the rounds
+
+
+@dataclass
+class RoundJob:
+    """What one round's trainer run needs from the driver."""
+
+    round: int
+    cfg: Any
+    round_dir: Path
+    resume: Optional[Path]
+    """``round_dir/checkpoints/last.pt`` when a killed round is continued."""
+    init_checkpoint: Optional[Path]
+    """The checkpoint the round starts from (the best model so far); None for round 0."""
+    init_state: Optional[dict]
+    val: Any
+    """The selection set the trainer evaluates on (val or valtiny)."""
+    unlabeled: Optional[PseudoLabeledDataset]
+
+
+def train_round(job: RoundJob):
+    """One trainer run for a round: the trainer builds its labeled set from the split as usual; the
+    driver's selection set and pseudo-labeled set replace its val and unlabeled sets, and a fresh
+    (not resumed) run starts from the best model so far. Returns the trainer's ``TrainResult``."""
+    from ..engine.trainer import Trainer
+
+    trainer = Trainer(job.cfg, job.round_dir, job.resume)
+    trainer.data.val = job.val
+    if job.unlabeled is not None:
+        trainer.data.unlabeled = trainer.ctx.unlabeled_dataset = job.unlabeled
+    if job.resume is None and job.init_state is not None:
+        trainer.model.load_state_dict(job.init_state)
+    return trainer.fit()
+
+
+class SelfTraining:
+    """The DST-CBC driver: round 0, then pseudo-label → fine-tune → select, round after round.
+
+    ``train`` runs one round (default :func:`train_round`); tests inject a stub.
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path, resume: bool = False,
+                 train: Callable[[RoundJob], Any] = train_round):
+        from ..engine.trainer import autocast_factory
+
+        self.cfg, self.m, self.run_dir, self.resume, self.train = cfg, cfg.method, Path(run_dir), resume, train
+        self.dist = init_distributed(cfg.run.device)
+        self.device = self.dist.device
+        self.autocast = autocast_factory(cfg.train.amp, self.device)
+        d = cfg.data
+        definition = definition_from_config(d)
+        self.spec = definition.spec
+        self.lists = resolve_split(d, definition)
+        self.definition = definition
+
+        def listed(pairs, with_labels):
+            return ListDataset(self.lists.root, pairs, self.spec, eval_transform(self.spec), with_labels=with_labels,
+                               image_scale=d.image_scale)
+
+        self._listed = listed
+        self.val = listed(self.lists.val, True)
+        if not self.lists.unlabeled:
+            raise DataError(f"dst_cbc needs unlabeled images, but the {d.dataset} split has none: set data.labeled "
+                            "or data.labeled_list / data.unlabeled_list")
+        self.unlabeled_images = listed(self.lists.unlabeled, False)
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def _barrier(self) -> None:
+        barrier()
+
+    def _write_json(self, path: Path, payload: Any) -> None:
+        """Atomically (temporary file + rename), on the main process only."""
+        if self.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=2) + "\n")
+            os.replace(tmp, path)
+        self._barrier()
+
+    def _rel(self, path: Path) -> str:
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    def _abs(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.run_dir / p
+
+    def _setup_logging(self) -> None:
+        from ..engine.trainer import setup_logging
+
+        setup_logging(self.run_dir, self.is_main)
+
+    def _round_config(self, k: int):
+        """The trainer config of round k: round 0 is the ``supervised`` method with
+        ``supervised_overrides``; later rounds start from the previous model, not ImageNet."""
+        raw = self.cfg.model_dump(mode="json")
+        raw["run"]["seed"] = self.cfg.run.seed + k  # fresh augmentation and data order each round
+        raw["run"]["name"] = f"{self.cfg.run.name}/round_{k}"
+        if k == 0:
+            raw["method"] = {"name": "supervised", "aux_weight": self.m.aux_weight}
+            for key, value in self.m.supervised_overrides.items():
+                section, field = key.split(".", 1)
+                raw[section][field] = value
+        else:
+            raw["model"]["pretrained"] = None
+        return validate_config(raw)
+
+    # ------------------------------------------------------------------ models
+    def _load_model(self, checkpoint: Path) -> tuple[torch.nn.Module, Optional[int]]:
+        """The reported model of a checkpoint, in eval mode on the run's device, and its iteration."""
+        ckpt = load_checkpoint(checkpoint, map_location="cpu")
+        model = build_model(self.cfg.model.model_copy(update={"pretrained": None}), self.spec.num_classes)
+        model.load_state_dict(model_state_from_checkpoint(ckpt)[0])
+        return model.to(self.device).eval(), ckpt.get("iteration")
+
+    def _evaluate(self, checkpoint: Path, dataset: Any) -> dict:
+        model, iteration = self._load_model(checkpoint)
+        result = evaluate(model, dataset, self.spec, self.cfg.eval, self.device, autocast=self.autocast,
+                          max_images=self.cfg.eval.max_images, crop_size=self.cfg.data.crop_size)
+        return {"iteration": iteration, **result.to_dict()}
+
+    # ------------------------------------------------------------------ selection set
+    def _selection_set(self) -> Any:
+        if self.m.selection == "val":
+            return self.val
+        path = self.run_dir / VALTINY_LIST
+        if not path.is_file():
+            if self.m.valtiny_list:
+                pairs = import_split(self.m.valtiny_list, self.lists.root, self.definition, pool=self.lists.val)
+            else:
+                presence = np.zeros((len(self.val), self.spec.num_classes), dtype=bool)
+                if self.is_main:
+                    for i in range(len(self.val)):
+                        _, label = self.val.decode(i)
+                        present = np.unique(label)
+                        presence[i, present[present < self.spec.num_classes]] = True
+                chosen = draw_valtiny(presence, self.m.valtiny_per_class, self.m.valtiny_seed)
+                pairs = [self.lists.val[i] for i in chosen]
+            if self.is_main:
+                write_list_file(path, pairs)
+            self._barrier()
+        pairs = read_list_file(path)
+        log.info("model selection on valtiny: %d of %d val images (%s)", len(pairs), len(self.val), path)
+        return self._listed(pairs, True)
+
+    # ------------------------------------------------------------------ pseudo-labeling
+    def _pseudo_label(self, k: int, alpha: float, labeler: torch.nn.Module, round_dir: Path) -> dict:
+        """Algorithm 1 over every unlabeled image; writes the round's pseudo-labels, their list and
+        ``pseudo_labels.json`` (thresholds, coverage, quality against ground truth when known)."""
+        histogram = self._predict_and_count(k, labeler, round_dir)                        # lines 1-8
+        thresholds = class_balanced_thresholds(histogram, alpha, self.m.thresholds == "class")  # lines 9-12
+        counts, quality = self._select(thresholds.cpu(), round_dir)                         # lines 13-18
+        if self.is_main:
+            if self.m.weights != "stored":
+                shutil.rmtree(round_dir / CONFIDENCE_DIR, ignore_errors=True)  # only OW trains on them
+            images = self.unlabeled_images
+            write_list_file(round_dir / PSEUDO_LABEL_LIST,
+                            [Pair(p.image, f"{PSEUDO_LABEL_DIR}/{n}.png") for p, n in zip(images.pairs, images.names)])
+        predicted, kept = counts["predicted"], counts["kept"]
+        stats = {
+            "round": k, "alpha": alpha, "thresholds": self.m.thresholds,
+            "sample_ratio": self.m.threshold_sample_ratio, "sampled_pixels": int(histogram.sum()),
+            "class_thresholds": (thresholds.float() / CONFIDENCE_LEVELS).tolist(),
+            "coverage": int(kept.sum()) / max(1, int(counts["pixels"])),
+            "class_coverage": [kp / pr if pr else None for kp, pr in zip(kept.tolist(), predicted.tolist())],
+            "predicted_pixels": predicted.tolist(), "kept_pixels": kept.tolist(),
+            "num_images": len(self.unlabeled_images), "num_images_with_gt": int(counts["with_gt"]),
+            "miou": None if quality is None else quality["miou"], "quality": quality,
+        }
+        self._write_json(round_dir / PSEUDO_LABEL_STATS, stats)  # marks the pseudo-labels complete
+        return stats
+
+    def _predict_and_count(self, k: int, labeler: torch.nn.Module, round_dir: Path) -> torch.Tensor:
+        """Pass 1: ml, mp of every image (written as PNGs) and the (C, levels) histogram of the
+        sampled pixels' confidences per predicted class, summed over all processes."""
+        C, images, names = self.spec.num_classes, self.unlabeled_images, self.unlabeled_images.names
+        mode = "whole" if self.cfg.eval.mode == "center" else self.cfg.eval.mode  # label every pixel
+        window = self.cfg.eval.crop_size or self.cfg.data.crop_size
+        histogram = torch.zeros(C, CONFIDENCE_LEVELS + 1, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            for i, x in _prefetch(_ImageView(images, self._shard()), self.cfg.data.num_workers):
+                p = predict_probs(labeler, x[None].to(self.device), mode=mode, crop_size=window,
+                                  stride=self.cfg.eval.stride, num_classes=C, autocast=self.autocast)[0]
+                mp, ml = p.max(0)                                                        # lines 4-6
+                mp_level = quantize_confidence(mp)
+                sample = sample_pixels(tuple(ml.shape), self.m.threshold_sample_ratio, (self.cfg.run.seed, k, i))
+                sample = sample.to(self.device)
+                histogram += confidence_histogram(ml[sample], mp_level[sample], C)            # lines 7-8
+                name = f"{names[i]}.png"
+                _write_png(round_dir / PSEUDO_LABEL_DIR / name, ml.cpu().numpy().astype(np.uint8))
+                _write_png(round_dir / CONFIDENCE_DIR / name, mp_level.cpu().numpy().astype(np.uint16))
+        _all_reduce_sum(histogram, self.device)
+        return histogram
+
+    def _select(self, thresholds: torch.Tensor, round_dir: Path) -> tuple[dict, Optional[dict]]:
+        """Pass 2: apply the thresholds to the stored (ml, mp) maps, overwrite the pseudo-labels, and
+        count predicted / kept pixels per class and the pseudo-labels' confusion with ground truth."""
+        C, ignore, names = self.spec.num_classes, self.spec.ignore_index, self.unlabeled_images.names
+        counts = {"predicted": torch.zeros(C, dtype=torch.long), "kept": torch.zeros(C, dtype=torch.long),
+                  "pixels": torch.zeros(1, dtype=torch.long), "with_gt": torch.zeros(1, dtype=torch.long)}
+        matrix = ConfusionMatrix(C, ignore, device=self.device)
+        for i, ml, mp_level, gt in _prefetch(_RawView(self.unlabeled_images, self._shard(), round_dir),
+                                             self.cfg.data.num_workers):
+            y = select_pseudo_labels(ml, mp_level, thresholds, ignore)                     # lines 13-18
+            _write_png(round_dir / PSEUDO_LABEL_DIR / f"{names[i]}.png", y.numpy().astype(np.uint8))
+            kept = y != ignore
+            counts["predicted"] += torch.bincount(ml.reshape(-1), minlength=C)
+            counts["kept"] += torch.bincount(y[kept], minlength=C)
+            counts["pixels"] += y.numel()
+            if gt is not None:  # ground truth is read for this report only, never for training
+                counts["with_gt"] += 1
+                matrix.update(y[kept], gt[kept])
+        for t in counts.values():
+            _all_reduce_sum(t, self.device)
+        matrix.all_reduce()
+        self._barrier()
+        quality = matrix.compute(self.spec.tail_ids).to_dict(list(self.spec.class_names)) if counts["with_gt"] else None
+        return counts, quality
+
+    def _shard(self) -> range:
+        """This process's share of the unlabeled images."""
+        return range(self.dist.rank, len(self.unlabeled_images), self.dist.world_size)
+
+    # ------------------------------------------------------------------ one round
+    def _read_record(self, round_dir: Path) -> Optional[dict]:
+        path = round_dir / ROUND_RECORD
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _mark_progress(self, round_dir: Path) -> None:
+        """Point ``<run>/checkpoints/last.pt`` (a relative symlink) at ``round_dir``'s last.pt, so that
+        the CLI sees a started run: ``--resume auto`` finds a checkpoint and ``--overwrite`` clears
+        the folder. The driver itself resumes from the round records, whatever path it is given."""
+        if self.is_main:
+            link = self.run_dir / "checkpoints" / "last.pt"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            try:
+                os.symlink(os.path.relpath(round_dir / "checkpoints" / "last.pt", link.parent), link)
+            except OSError:  # no symlinks here: resume with --resume <any round's last.pt>
+                pass
+        self._barrier()
+
+    def _round0(self, val_set: Any) -> dict:
+        round_dir = self.run_dir / "round_0"
+        record = self._read_record(round_dir)
+        if record is not None:
+            return record
+        self._mark_progress(round_dir)
+        if self.m.supervised_checkpoint:
+            checkpoint = Path(self.m.supervised_checkpoint)
+            if not checkpoint.is_file():
+                raise ConfigError(f"method.supervised_checkpoint: {checkpoint} does not exist")
+            log.info("round 0: the supervised model %s", checkpoint)
+            score = self._evaluate(checkpoint, val_set)
+            best = last = {"iteration": score["iteration"], "miou": score["miou"], "checkpoint": self._rel(checkpoint)}
+            val_best = val_last = score if self.m.selection == "val" else None
+        else:
+            log.info("round 0: supervised training on the labeled images")
+            result = self._train(0, round_dir, None, val_set, None)
+            best, last = self._summary(result.best, round_dir, "best"), self._summary(result.last, round_dir, "last")
+            val_best, val_last = (result.best, result.last) if self.m.selection == "val" else (None, None)
+        record = {"round": 0, "alpha": None, "labeler": None, "pseudo_labels": None, "best": best, "last": last,
+                  "selected": {"round": 0, **best}, "val_best": val_best, "val_last": val_last}
+        record = self._test(record, final=not self.m.alphas)
+        self._write_json(round_dir / ROUND_RECORD, record)
+        return record
+
+    def _round(self, k: int, alpha: float, previous: dict, val_set: Any) -> dict:
+        round_dir = self.run_dir / f"round_{k}"
+        record = self._read_record(round_dir)
+        if record is not None:
+            return record
+        self._mark_progress(self.run_dir / f"round_{k - 1}")  # a finished round's checkpoint
+        selected = previous["selected"]
+        labeler_path = self._abs(selected["checkpoint"])
+        stats_path = round_dir / PSEUDO_LABEL_STATS
+        if stats_path.is_file():
+            stats = json.loads(stats_path.read_text())
+        else:
+            log.info("round %d: pseudo-labeling %d images at α = %.0f%% with the round-%d model (%s)", k,
+                     len(self.unlabeled_images), 100 * alpha, selected["round"], labeler_path)
+            stats = self._pseudo_label(k, alpha, self._load_model(labeler_path)[0], round_dir)
+        log.info("round %d: pseudo-labels cover %.1f%% of the pixels; pseudo-label mIoU %s", k,
+                 100 * stats["coverage"], "n/a (no ground truth)" if stats["miou"] is None
+                 else f"{100 * stats['miou']:.2f} on {stats['num_images_with_gt']} images")
+        self._metrics({"round": k, "alpha": alpha, "pseudo_label_miou": stats["miou"], "coverage": stats["coverage"]})
+
+        unlabeled = PseudoLabeledDataset(self.lists.root, round_dir / PSEUDO_LABEL_LIST, self.spec,
+                                         train_transform(self.cfg.data, self.spec), self.cfg.data.image_scale,
+                                         with_confidence=self.m.weights == "stored")
+        result = self._train(k, round_dir, labeler_path, val_set, unlabeled)
+        best, last = self._summary(result.best, round_dir, "best"), self._summary(result.last, round_dir, "last")
+        improved = best["miou"] is not None and best["miou"] > selected["miou"]
+        record = {"round": k, "alpha": alpha, "labeler": selected,
+                  "pseudo_labels": {key: stats[key] for key in ("coverage", "miou", "num_images", "num_images_with_gt",
+                                                                "class_thresholds")},
+                  "best": best, "last": last, "selected": {"round": k, **best} if improved else selected,
+                  "val_best": result.best if self.m.selection == "val" else None,
+                  "val_last": result.last if self.m.selection == "val" else None}
+        record = self._test(record, final=k == len(self.m.alphas))
+        self._write_json(round_dir / ROUND_RECORD, record)
+        return record
+
+    def _train(self, k: int, round_dir: Path, init: Optional[Path], val_set: Any, unlabeled: Any):
+        last = round_dir / "checkpoints" / "last.pt"
+        resume = last if self.resume and last.is_file() else None
+        init_state = None
+        if init is not None and resume is None:
+            init_state, _ = model_state_from_checkpoint(load_checkpoint(init, map_location="cpu"))
+        job = RoundJob(k, self._round_config(k), round_dir, resume, init, init_state, val_set, unlabeled)
+        try:
+            return self.train(job)
+        finally:
+            self._setup_logging()  # the trainer logged to round_dir/train.log
+
+    def _summary(self, result: dict, round_dir: Path, which: str) -> dict:
+        return {"iteration": result.get("iteration"), "miou": result.get("miou"),
+                "checkpoint": self._rel(round_dir / "checkpoints" / f"{which}.pt")}
+
+    def _test(self, record: dict, final: bool) -> dict:
+        """Full-val numbers of the round's best and last models when selection used valtiny."""
+        if self.m.selection == "val" or not (final or self.m.test_each_round):
+            return record
+        if record["val_best"] is None:
+            record["val_best"] = self._evaluate(self._abs(record["best"]["checkpoint"]), self.val)
+        if record["val_last"] is None:
+            same = record["last"]["checkpoint"] == record["best"]["checkpoint"]
+            record["val_last"] = record["val_best"] if same else self._evaluate(self._abs(record["last"]["checkpoint"]),
+                                                                               self.val)
+        return record
+
+    def _metrics(self, entry: dict) -> None:
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    # ------------------------------------------------------------------ the run
+    def _prepare_folder(self) -> None:
+        import yaml
+
+        started = sorted(p.name for p in self.run_dir.glob("round_*") if p.is_dir())
+        if started and not self.resume:
+            raise ConfigError(f"run folder {self.run_dir} already holds DST-CBC rounds ({', '.join(started)}); "
+                              "continue it with --resume or start afresh with --overwrite")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            saved = self.run_dir / "config.yaml"
+            text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+            if saved.is_file() and self.resume and saved.read_text() != text:
+                log.warning("resuming %s with a config that differs from its config.yaml", self.run_dir)
+            saved.write_text(text)
+        self._barrier()
+
+    def run(self):
+        from ..engine.trainer import TrainResult
+
+        self._prepare_folder()
+        self._setup_logging()
+        log.info("DST-CBC: %d self-training round(s) at α = %s, γ = %g, %s thresholds, %s-model weights, "
+                 "selection on %s", len(self.m.alphas), self.m.alphas, self.m.gamma, self.m.thresholds,
+                 self.m.weights, self.m.selection)
+        val_set = self._selection_set()
+        records = [self._round0(val_set)]
+        for k, alpha in enumerate(self.m.alphas, start=1):
+            records.append(self._round(k, alpha, records[-1], val_set))
+        payload = self._results(records, val_set)
+        log.info("DST-CBC rounds (mIoU %%; selection on %s):\n%s", self.m.selection, round_table(payload["rounds"]))
+        return TrainResult(self.run_dir, payload["last"], payload["selected"], payload["selected"]["iteration"])
+
+    def _results(self, records: list[dict], val_set: Any) -> dict:
+        final = records[-1]
+        selected = final["selected"]
+        source = records[selected["round"]]
+        selected_val = source["val_best"] or self._evaluate(self._abs(selected["checkpoint"]), self.val)
+        last_val = final["val_last"] or self._evaluate(self._abs(final["last"]["checkpoint"]), self.val)
+
+        def entry(record: dict, which: str, val_eval: dict) -> dict:
+            info = record["best"] if which == "best" else record["last"]
+            return {**val_eval, "round": record["round"], "iteration": info["iteration"],
+                    "selection_miou": info["miou"], "checkpoint": info["checkpoint"]}
+
+        payload = {
+            "method": "dst_cbc", "dataset": self.spec.name, "selection": self.m.selection,
+            "selection_images": len(val_set), "alphas": self.m.alphas, "gamma": self.m.gamma,
+            "thresholds": self.m.thresholds, "weights": self.m.weights,
+            "selected": entry(source, "best", selected_val),
+            "last": entry(final, "last", last_val),
+            "rounds": [{
+                "round": r["round"], "alpha": r["alpha"],
+                "pseudo_label_miou": r["pseudo_labels"]["miou"] if r["pseudo_labels"] else None,
+                "coverage": r["pseudo_labels"]["coverage"] if r["pseudo_labels"] else None,
+                "best_iteration": r["best"]["iteration"], "best_selection_miou": r["best"]["miou"],
+                "last_selection_miou": r["last"]["miou"],
+                "best_val_miou": r["val_best"]["miou"] if r["val_best"] else None,
+                "last_val_miou": r["val_last"]["miou"] if r["val_last"] else None,
+                "selected_round": r["selected"]["round"],
+            } for r in records],
+        }
+        payload["best"] = payload["selected"]  # the trainer's results.json key for the reported model
+        self._write_json(self.run_dir / "results.json", payload)
+        if self.is_main:
+            for name, entry_ in (("best.pt", payload["selected"]), ("last.pt", payload["last"])):
+                _link_or_copy(self._abs(entry_["checkpoint"]), self.run_dir / "checkpoints" / name)
+        self._barrier()
+        return payload
+
+
+def round_table(rows: list[dict]) -> str:
+    """Fixed-width per-round table (percentages)."""
+    cols = (("round", "round", "{:d}"), ("alpha", "α %", "{:.0f}"), ("pseudo_label_miou", "pseudo mIoU", "{:.2f}"),
+            ("coverage", "coverage", "{:.1f}"), ("best_iteration", "best it", "{:d}"),
+            ("best_selection_miou", "sel best", "{:.2f}"), ("last_selection_miou", "sel last", "{:.2f}"),
+            ("best_val_miou", "val best", "{:.2f}"), ("last_val_miou", "val last", "{:.2f}"),
+            ("selected_round", "selected", "{:d}"))
+    percent = {"alpha", "pseudo_label_miou", "coverage", "best_selection_miou", "last_selection_miou",
+               "best_val_miou", "last_val_miou"}
+    lines = ["  ".join(f"{title:>11}" for _, title, _ in cols)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in cols:
+            value = row.get(key)
+            text = "-" if value is None else fmt.format(100 * value if key in percent else value)
+            cells.append(f"{text:>11}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _ImageView(torch.utils.data.Dataset):
+    """Pass 1 input: (index, normalised image at the working resolution) for the listed indices."""
+
+    def __init__(self, images: Any, indices: range):
+        self.images, self.indices = images, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        i = self.indices[j]
+        return i, self.images.load(i)["image"]
+
+
+class _RawView(torch.utils.data.Dataset):
+    """Pass 2 input: (index, ml, mp level, ground truth or None) at the working resolution."""
+
+    def __init__(self, images: Any, indices: range, round_dir: Path):
+        self.images, self.indices, self.round_dir = images, list(indices), round_dir
+        self.names = images.names
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        i = self.indices[j]
+        name = f"{self.names[i]}.png"
+        ml = torch.from_numpy(_read_png(self.round_dir / PSEUDO_LABEL_DIR / name).astype(np.int64))
+        level = torch.from_numpy(_read_png(self.round_dir / CONFIDENCE_DIR / name).astype(np.int64))
+        gt = None
+        if self.images.label_path(i) is not None:  # ground truth known: to measure the pseudo-labels
+            gt = torch.from_numpy(self.images.decode(i, with_label=True)[1].astype(np.int64))
+        return i, ml, level, gt
+
+
+def _prefetch(dataset: torch.utils.data.Dataset, num_workers: int):
+    """Items one by one, decoded in worker processes."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+
+
+def _all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> None:
+    """Sum ``tensor`` over all processes in place (through ``device``: NCCL reduces CUDA tensors only)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        reduced = tensor.to(device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        tensor.copy_(reduced)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
