@@ -26,7 +26,7 @@ from ..config import Config, config_to_yaml
 from ..data.build import RunData, build_run_data
 from ..evaluation.evaluator import evaluate
 from ..methods import method_class
-from ..methods.base import Method, MethodContext, unwrap
+from ..methods.base import Method, MethodContext, StepOutput, unwrap
 from ..models import build_model, convert_sync_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers,
@@ -255,16 +255,46 @@ class Trainer:
         self.writer.add_image("val/samples", grid, self.iteration, dataformats="HWC")
 
     # ------------------------------------------------------------------ the loop
+    def data_iterators(self) -> tuple:
+        """Infinite (labeled, unlabeled-or-None) batch iterators positioned at ``self.iteration``."""
+        cfg, d = self.cfg, self.cfg.data
+        labeled = iter(_infinite_loader(self.data.labeled, d.batch_size, self.dist, cfg.run.seed,
+                                        LABELED_STREAM, self.iteration, d.num_workers))
+        unlabeled = None
+        if self.method_cls.uses_unlabeled:
+            unlabeled = iter(_infinite_loader(self.data.unlabeled, d.unlabeled_batch_size or d.batch_size,
+                                              self.dist, cfg.run.seed, UNLABELED_STREAM, self.iteration,
+                                              d.num_workers))
+        return labeled, unlabeled
+
+    def train_step(self, labeled_iter, unlabeled_iter) -> StepOutput:
+        """One optimisation step: fetch batches, the method's loss, backward, optimizer, schedule."""
+        it = self.iteration
+        with self.timer.section("data"):
+            labeled = to_device(next(labeled_iter), self.dist.device)
+            unlabeled = to_device(next(unlabeled_iter), self.dist.device) if unlabeled_iter else None
+        out = self.method.training_step(labeled, unlabeled, it)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"loss is {out.loss.item()} at iteration {it}; "
+                                     "lower optim.lr or check the data (see train.log)")
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.timer.section("backward"):
+            self.scaler.scale(out.loss).backward()
+        with self.timer.section("optimizer"):
+            if self.cfg.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.method.after_optimizer_step(it)
+        self.timer.end_step()
+        self.iteration = it + 1
+        return out
+
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        d = cfg.data
-        labeled_iter = iter(_infinite_loader(self.data.labeled, d.batch_size, self.dist, cfg.run.seed,
-                                             LABELED_STREAM, self.iteration, d.num_workers))
-        unlabeled_iter = None
-        if self.method_cls.uses_unlabeled:
-            unlabeled_iter = iter(_infinite_loader(self.data.unlabeled, d.unlabeled_batch_size or d.batch_size,
-                                                   self.dist, cfg.run.seed, UNLABELED_STREAM, self.iteration,
-                                                   d.num_workers))
+        labeled_iter, unlabeled_iter = self.data_iterators()
         progress = None
         if self.dist.is_main and cfg.train.progress_bar:
             from tqdm.auto import tqdm
@@ -279,28 +309,7 @@ class Trainer:
         self.student.train()
         self.method.train()
         while self.iteration < cfg.optim.iterations:
-            it = self.iteration
-            with self.timer.section("data"):
-                labeled = to_device(next(labeled_iter), self.dist.device)
-                unlabeled = to_device(next(unlabeled_iter), self.dist.device) if unlabeled_iter else None
-            out = self.method.training_step(labeled, unlabeled, it)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"loss is {out.loss.item()} at iteration {it}; "
-                                         "lower optim.lr or check the data (see train.log)")
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.timer.section("backward"):
-                self.scaler.scale(out.loss).backward()
-            with self.timer.section("optimizer"):
-                if cfg.train.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.method.after_optimizer_step(it)
-            self.timer.end_step()
-            self.iteration = it + 1
-
+            out = self.train_step(labeled_iter, unlabeled_iter)
             logs = {"loss": out.loss.detach(), **out.logs}
             for k, v in logs.items():
                 window.setdefault(k, []).append(float(v))
