@@ -14,7 +14,6 @@ import torch.multiprocessing as mp
 from equiseg.cli.main import main as cli
 from equiseg.config import validate_config
 from equiseg.data.synthetic import make_synthetic_dataset
-from equiseg.engine import trainer as trainer_module
 from equiseg.engine.trainer import Trainer
 
 

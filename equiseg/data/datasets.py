@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -48,27 +48,32 @@ def _first(items: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- list files
 
 
-def read_list_file(path: PathLike, with_labels: bool = True) -> list[Pair]:
-    """Read ``image [label]`` lines (whitespace separated, so paths cannot contain spaces).
+def iter_list_fields(path: PathLike, expected: str = "'image [label]'") -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of each non-blank line of a list file, ``#`` comments removed.
 
-    Blank lines and ``#`` comments are skipped. A line with 3+ fields, or without a label when
-    ``with_labels`` is set, is a DataError naming the file and line number.
-    """
+    Fields are whitespace separated (so paths cannot contain spaces); a line with more than two
+    is a DataError naming the file, the line and what was ``expected``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"list file not found: {path}")
-    pairs = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             fields = line.split("#", 1)[0].split()
             if not fields:
                 continue
             if len(fields) > 2:
-                raise DataError(f"{path}:{lineno}: expected 'image [label]', got {len(fields)} fields: "
-                                f"{line.strip()!r}")
-            if with_labels and len(fields) == 1:
-                raise DataError(f"{path}:{lineno}: no label path for {fields[0]!r}, but this list must be labeled")
-            pairs.append(Pair(fields[0], fields[1] if len(fields) == 2 else None))
+                raise DataError(f"{path}:{lineno}: expected {expected}, got {len(fields)} fields: {line.strip()!r}")
+            yield lineno, fields
+
+
+def read_list_file(path: PathLike, with_labels: bool = True) -> list[Pair]:
+    """Read ``image [label]`` lines; without a label when ``with_labels`` is set is a DataError
+    naming the file and line number."""
+    pairs = []
+    for lineno, fields in iter_list_fields(path):
+        if with_labels and len(fields) == 1:
+            raise DataError(f"{path}:{lineno}: no label path for {fields[0]!r}, but this list must be labeled")
+        pairs.append(Pair(fields[0], fields[1] if len(fields) == 2 else None))
     return pairs
 
 
@@ -530,18 +535,7 @@ def _voc_spec(name: str) -> DatasetSpec:
 
 def _read_ids(list_file: Path) -> list[str]:
     """Sample ids from a VOC-style list: bare ids, or lines whose first field is an image path."""
-    if not list_file.is_file():
-        raise DataError(f"list file not found: {list_file}")
-    ids = []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            if len(fields) > 2:
-                raise DataError(f"{list_file}:{lineno}: expected 'id' or 'image [label]', got {line.strip()!r}")
-            ids.append(Path(fields[0]).stem)
-    return ids
+    return [Path(fields[0]).stem for _, fields in iter_list_fields(list_file, "'id' or 'image [label]'")]
 
 
 class VOC(DatasetDefinition):

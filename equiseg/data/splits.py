@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from ..errors import DataError
-from .datasets import DatasetDefinition, Pair, PathLike, _first, write_list_file
+from .datasets import DatasetDefinition, Pair, PathLike, _first, iter_list_fields, write_list_file
 
 log = logging.getLogger("equiseg")
 
@@ -201,35 +201,29 @@ def import_split(file: PathLike, root: PathLike, definition: DatasetDefinition,
     matched: list[int] = []
     first_line: dict[int, int] = {}
     unknown: list[str] = []
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            if len(fields) > 2:
-                raise DataError(f"{file}:{lineno}: expected 'id', 'image' or 'image label', got {line.strip()!r}")
-            image = _clean(fields[0])
-            sid = definition.sample_id(image)
-            if len(fields) == 2 and definition.sample_id(_clean(fields[1])) != sid:
-                raise DataError(f"{file}:{lineno}: label {fields[1]} does not belong to image {fields[0]} "
-                                f"(ids '{definition.sample_id(_clean(fields[1]))}' vs '{sid}')")
-            index = by_path.get(image)
-            if index is None:
-                candidates = by_id.get(sid, [])
-                if len(candidates) > 1:
-                    # Same id in several folders: the entry's path must disambiguate by suffix.
-                    candidates = [i for i in candidates if _same_tail(pool_pairs[i].image, image)]
-                if len(candidates) > 1:
-                    raise DataError(f"{file}:{lineno}: {fields[0]} matches {len(candidates)} pool images: "
-                                    f"{_first([pool_pairs[i].image for i in candidates])}")
-                index = candidates[0] if candidates else None
-            if index is None:
-                unknown.append(f"line {lineno}: {fields[0]}")
-                continue
-            if index in first_line:
-                raise DataError(f"{file}:{lineno}: {fields[0]} repeats the sample of line {first_line[index]}")
-            first_line[index] = lineno
-            matched.append(index)
+    for lineno, fields in iter_list_fields(file, "'id', 'image' or 'image label'"):
+        image = _clean(fields[0])
+        sid = definition.sample_id(image)
+        if len(fields) == 2 and definition.sample_id(_clean(fields[1])) != sid:
+            raise DataError(f"{file}:{lineno}: label {fields[1]} does not belong to image {fields[0]} "
+                            f"(ids '{definition.sample_id(_clean(fields[1]))}' vs '{sid}')")
+        index = by_path.get(image)
+        if index is None:
+            candidates = by_id.get(sid, [])
+            if len(candidates) > 1:
+                # Same id in several folders: the entry's path must disambiguate by suffix.
+                candidates = [i for i in candidates if _same_tail(pool_pairs[i].image, image)]
+            if len(candidates) > 1:
+                raise DataError(f"{file}:{lineno}: {fields[0]} matches {len(candidates)} pool images: "
+                                f"{_first([pool_pairs[i].image for i in candidates])}")
+            index = candidates[0] if candidates else None
+        if index is None:
+            unknown.append(f"line {lineno}: {fields[0]}")
+            continue
+        if index in first_line:
+            raise DataError(f"{file}:{lineno}: {fields[0]} repeats the sample of line {first_line[index]}")
+        first_line[index] = lineno
+        matched.append(index)
     if unknown:
         raise DataError(f"{file}: {len(unknown)} entr{'y is' if len(unknown) == 1 else 'ies are'} not in the "
                         f"{definition.name} pool of {len(pool_pairs)} images under {root}: {_first(unknown)}")

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional

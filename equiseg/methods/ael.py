@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .base import MethodContext, StepOutput, register_method
-from .components import (ClassPresenceBank, ConfidenceBank, Ohem, PseudoLabelConfig, TeacherStudentMethod,
+from .components import (ClassPresenceBank, ConfidenceBank, PseudoLabelConfig, TeacherStudentMethod,
                          class_region_masks, copy_paste_mask, equalization_sampling_mask, large_scale_jitter,
                          masked_mean, paste, pixel_cross_entropy, random_boxes, reweighting_weights,
                          weighted_mean)
@@ -97,10 +97,6 @@ class AELConfig(PseudoLabelConfig):
     """Official code: pixels below the confidence threshold still count in the L_u denominator."""
     labeled_consistency: bool = False
     """Official code: also apply L_u to the labeled images against the teacher's pseudo-labels."""
-    ohem: bool = False
-    """Official code: OHEM cross-entropy for L_s (with the model's aux head at aux_weight)."""
-    ohem_threshold: float = Field(0.7, gt=0, le=1)
-    ohem_min_kept: int = Field(100_000, ge=0)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "AELConfig":
@@ -130,7 +126,6 @@ class AEL(TeacherStudentMethod):
         if cfg.adaptive_copy_paste:
             self.labeled_presence = ClassPresenceBank(self._dataset_size(ctx.labeled_dataset, "adaptive_copy_paste"),
                                                       C, ignore)
-        self.ohem = Ohem(cfg.ohem_threshold, cfg.ohem_min_kept) if cfg.ohem else None
 
     def _allowed_classes(self, excluded: list[str], key: str) -> torch.Tensor:
         names = list(self.ctx.class_names)
@@ -190,7 +185,7 @@ class AEL(TeacherStudentMethod):
             out_l, out_u = self.student_forward(x_l, mixed["image"])
 
         # L_s (Eq. 1).
-        loss_s = self.labeled_loss(out_l, y_l, self.ohem)
+        loss_s = self.labeled_loss(out_l, y_l)
         # Confidence bank update from the student's predictions on labeled pixels (Eq. 4-7).
         batch_conf = self.bank.update(out_l["out"].detach().float().softmax(1), y_l)
 

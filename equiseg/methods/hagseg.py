@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data.intensity import IntensityAugment
 from .base import MethodContext, StepOutput, register_method, unwrap
-from .components import (Ohem, TeacherStudentConfig, TeacherStudentMethod, make_pseudo_labels, masked_mean,
+from .components import (TeacherStudentConfig, TeacherStudentMethod, make_pseudo_labels, masked_mean,
                          mixing_partners, paste, pixel_cross_entropy, weighted_mean)
 from .components.adaptive_mixing import (CUTMIX_SIDE_RANGE, bernoulli, hard_easy_partners, intensity_mix,
                                          side_fraction_boxes)
@@ -98,10 +98,6 @@ class HagSegConfig(TeacherStudentConfig):
     teacher_copy_iterations: int = Field(0, ge=0)
     """The teacher copies the student (EMA decay 0) for this many iterations: the authors' code does
     so for the whole first epoch (set it to |D_u| / B_u)."""
-    ohem: bool = False
-    """L_x with OHEM cross-entropy (the authors' Cityscapes code; the paper says cross-entropy)."""
-    ohem_threshold: float = Field(0.7, gt=0, le=1)
-    ohem_min_kept: int = Field(100_000, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "HagSegConfig":
@@ -126,7 +122,6 @@ class HagSeg(TeacherStudentMethod):
         excluded = class_mask(cfg.background_classes, ctx.class_names, "background_classes") \
             if cfg.background_classes else torch.zeros(ctx.num_classes, dtype=torch.bool)
         self.weighted_classes = ~excluded
-        self.ohem = Ohem(cfg.ohem_threshold, cfg.ohem_min_kept) if cfg.ohem else None
 
     @torch.no_grad()
     def student_probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -206,7 +201,7 @@ class HagSeg(TeacherStudentMethod):
         branch_losses = {name: self.unlabeled_loss(out["out"], target, image_weight)
                          for (name, target), out in zip(branches.items(), out_u)}
         loss_u = torch.stack(list(branch_losses.values())).mean()
-        loss_x = self.labeled_loss(out_l, y_l, self.ohem)                      # Eq. 3
+        loss_x = self.labeled_loss(out_l, y_l)                      # Eq. 3
         loss = loss_x + cfg.alpha * loss_u                                    # Eq. 1
 
         confident = y_hat.label != self.ctx.ignore_index

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...config import MethodConfig
 from ..base import Method, MethodContext, unwrap
-from .losses import supervised_loss
+from .losses import Ohem, supervised_loss
 from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
 from .teacher import BatchNormMode, BufferMode, EMATeacher, PseudoLabels, make_pseudo_labels
 
@@ -42,6 +42,10 @@ class TeacherStudentConfig(MethodConfig):
     """'separate': one student forward for the labeled and one for the unlabeled images, so each set
     has its own BatchNorm statistics (official AEL code; the paper is silent). 'joint': one forward
     over both (UniMatch style; one BatchNorm batch, cheaper)."""
+    ohem: bool = False
+    """OHEM cross-entropy for L_s, as the official AEL and iMAS Cityscapes code (not in the papers)."""
+    ohem_threshold: float = Field(0.7, gt=0, le=1)
+    ohem_min_kept: int = Field(100_000, ge=0)
 
     @model_validator(mode="after")
     def _teacher_consistent(self):
@@ -68,6 +72,7 @@ class TeacherStudentMethod(Method):
     def __init__(self, cfg: TeacherStudentConfig, student: nn.Module, ctx: MethodContext):
         super().__init__(cfg, student, ctx)
         self.teacher = EMATeacher(student, cfg.ema_momentum, cfg.ema_buffers, cfg.teacher_bn)
+        self.ohem = Ohem(cfg.ohem_threshold, cfg.ohem_min_kept) if cfg.ohem else None
         # The run's generator (CPU, checkpointed by the engine); a fixed one when run standalone.
         self.generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
 
@@ -88,9 +93,9 @@ class TeacherStudentMethod(Method):
         parts = {key: value.split(sizes) for key, value in outputs.items()}
         return [{key: chunks[i] for key, chunks in parts.items()} for i in range(len(images))]
 
-    def labeled_loss(self, outputs: dict, label: torch.Tensor, ohem=None) -> torch.Tensor:
-        """L_s (AEL Eq. 1) on the ground truth."""
-        return supervised_loss(outputs, label, self.ctx.ignore_index, self.cfg.aux_weight, ohem)
+    def labeled_loss(self, outputs: dict, label: torch.Tensor) -> torch.Tensor:
+        """L_s (AEL Eq. 1) on the ground truth (OHEM when ``cfg.ohem``)."""
+        return supervised_loss(outputs, label, self.ctx.ignore_index, self.cfg.aux_weight, self.ohem)
 
     def cutmix_among_batch(self, sample: dict) -> tuple[dict, torch.Tensor]:
         """CutMix of a batch of unlabeled samples with each other (Eq. 8 with I_1, I_2 random
