@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -83,27 +84,19 @@ def _load_model(checkpoint: str, cfg: Config, num_classes: int, weights: str, de
 
 
 def cmd_eval(args) -> int:
-    from ..data.datasets import ListDataset, definition_from_config
-    from ..data.transforms import eval_transform
+    from ..data.build import build_eval_dataset
     from ..engine.distributed import init_distributed
     from ..engine.trainer import autocast_factory
     from ..evaluation.evaluator import evaluate
 
     cfg = load_config(args.config, args.overrides)
     dist = init_distributed(cfg.run.device)
-    definition = definition_from_config(cfg.data)
-    root = definition.resolve_root(cfg.data.root)
-    if args.eval_list:
-        pairs, source = definition.pairs_from_list(args.eval_list, root), args.eval_list
-    elif cfg.data.val_list:
-        pairs, source = definition.pairs_from_list(cfg.data.val_list, root), cfg.data.val_list
-    else:
-        pairs, source = definition.pairs(cfg.data.root, "val"), "val split"
-    spec = definition.spec
-    dataset = ListDataset(root, pairs, spec, eval_transform(spec), with_labels=True, image_scale=cfg.data.image_scale)
+    dataset, source = build_eval_dataset(cfg, args.eval_list)
+    spec = dataset.spec
     model, which = _load_model(args.checkpoint, cfg, spec.num_classes, args.weights, dist.device)
     result = evaluate(model, dataset, spec, cfg.eval, dist.device, autocast=autocast_factory(cfg.train.amp, dist.device),
-                      max_images=cfg.eval.max_images, crop_size=cfg.data.crop_size, progress=dist.is_main)
+                      max_images=cfg.eval.max_images, crop_size=cfg.data.crop_size,
+                      progress=dist.is_main and sys.stderr.isatty())
     if dist.is_main:
         print(f"{spec.name} {source}: {result.num_images} images, mode={cfg.eval.mode}, flip={cfg.eval.flip}, "
               f"image_scale={cfg.data.image_scale}, weights={which} of {args.checkpoint}")
@@ -200,6 +193,36 @@ def cmd_splits(args) -> int:
                          "pool_count": len(pool)})
             print(f"{target}: {len(labeled)} labeled / {len(unlabeled)} unlabeled")
     return 0
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cmd_report(args) -> int:
+    from ..report import write_report
+
+    if args.images < 1 and not args.no_images:
+        raise ConfigError("report: --images must be at least 1 (or pass --no-images)")
+    path = write_report(args.run_dir, args.out, images=not args.no_images, num_images=args.images,
+                        device=args.device)
+    print(f"report: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args) -> int:
+    from ..bench import BenchOptions, failed, run_bench
+
+    options = BenchOptions(out=Path(args.out), preset=args.preset, methods=args.methods, configs=args.configs,
+                           seeds=args.seeds, eval_list=args.eval_list, overrides=args.overrides,
+                           reuse_from=[Path(d) for d in args.reuse_from], step_profile=args.step_profile,
+                           profile_steps=args.profile_steps, profile_rounds=args.profile_rounds,
+                           profile_warmup=args.profile_warmup)
+    records = run_bench(options)
+    print((Path(args.out) / "bench.md").read_text())
+    return 1 if failed(records) else 0
 
 
 # --------------------------------------------------------------------------- demo

@@ -1,4 +1,4 @@
-"""``equiseg`` command line: train, eval, predict, splits, demo."""
+"""``equiseg`` command line: train, eval, predict, splits, report, bench, demo."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,20 @@ from ..errors import EquisegError
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. optim.iterations=200 data.root=/data/camvid")
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _comma_ints(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-list", help="pool of training pairs (default: the dataset's train split)")
     p.add_argument("--import", dest="import_file", help="import a peer's published labeled list instead")
     p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser("report", help="write one self-contained HTML page about a run folder")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holds config.yaml, metrics.jsonl, results.json)")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--no-images", action="store_true",
+                   help="leave out the input / ground truth / prediction pictures (no model or data needed)")
+    p.add_argument("--images", type=int, default=3, metavar="N", help="val images to predict with best.pt")
+    p.add_argument("--device", default="cpu", help="device for those predictions (cpu, cuda)")
+
+    p = sub.add_parser("bench", help="train several methods on one protocol and write one table (bench.md, bench.json)")
+    p.add_argument("--preset", choices=["cpu", "gpu"],
+                   help="cpu: CamVid half resolution, MobileNetV2 (the configs/*/camvid_* files); gpu: full-resolution "
+                        "CamVid, DeepLabv3+ ResNet-101 (configs/bench/gpu/); default cpu")
+    p.add_argument("--methods", type=_comma_list, help="comma-separated subset of the preset, e.g. supervised,cutmix,ael")
+    p.add_argument("--config", dest="configs", action="append", default=[], metavar="YAML",
+                   help="bench these config files instead of a preset (repeat; one method each)")
+    p.add_argument("--seeds", type=_comma_ints, default=[0], help="comma-separated run.seed values (default 0)")
+    p.add_argument("--eval-list", help="evaluate on this list file instead of the val split (sets data.val_list)")
+    p.add_argument("--out", default="runs/bench", help="folder for the run folders and bench.md / bench.json")
+    p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every method, e.g. optim.iterations=100 data.root=/data/camvid")
+    p.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
+                   help="also reuse identical finished runs found in the run folders inside DIR (e.g. runs)")
+    p.add_argument("--step-profile", action="store_true",
+                   help="append a per-step speed table (interleaved timing in one process, as benchmarks/step_time.py)")
+    p.add_argument("--profile-steps", type=int, default=10, help="timed steps per method per round")
+    p.add_argument("--profile-rounds", type=int, default=3)
+    p.add_argument("--profile-warmup", type=int, default=3)
 
     p = sub.add_parser("demo", help="train and evaluate on a generated synthetic dataset (no download)")
     p.add_argument("--out", default="runs/demo", help="folder for the data and the run")

@@ -124,3 +124,16 @@ def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = 
     log.info("data: %s at %s, %d labeled / %d unlabeled / %d val (%s)", d.dataset, lists.root, len(labeled),
              len(lists.unlabeled), len(val), lists.meta["protocol"])
     return RunData(spec, definition, lists.root, labeled, unlabeled, val, lists.meta)
+
+
+def build_eval_dataset(cfg: Any, list_file: Optional[str] = None) -> tuple[ListDataset, str]:
+    """The evaluation set of a config and a description of its source: ``list_file`` when given,
+    else ``data.val_list``, else the dataset's val split (no geometry, ``data.image_scale`` kept)."""
+    d = cfg.data
+    definition = definition_from_config(d)
+    root = definition.resolve_root(d.root)
+    source = list_file or d.val_list
+    pairs = definition.pairs_from_list(source, root) if source else definition.pairs(d.root, "val")
+    dataset = ListDataset(root, pairs, definition.spec, eval_transform(definition.spec), with_labels=True,
+                          image_scale=d.image_scale)
+    return dataset, source or "val split"

@@ -7,6 +7,11 @@ from collections import defaultdict
 
 import torch
 
+SECTIONS = ("data", "teacher", "student", "extras", "backward", "optimizer")
+"""The named parts of a training step, in the order they run: data wait, teacher forward, student
+forward, method extras (bank, sampling, mixing, hardness), backward, optimizer step. Methods may
+add their own (DST-CBC's ``weights``); time outside every section is bookkeeping and the loss."""
+
 
 class StepTimer:
     """Accumulates seconds per named section. With ``sync=True`` CUDA work is synchronized at

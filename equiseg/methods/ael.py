@@ -30,6 +30,9 @@ from .components.confidence_bank import AbsentClass, Indicator, Pooling
 from .components.losses import Normalization
 from .components.rng import categorical, dataset_seed, randint, uniform
 
+BANK_LOG_PREFIX = "bank/"
+"""Prefix of the per-class confidence-bank entries in the step logs (metrics.jsonl, TensorBoard)."""
+
 
 class AELConfig(PseudoLabelConfig):
     name: Literal["ael"] = "ael"
@@ -202,8 +205,16 @@ class AEL(TeacherStudentMethod):
                      "pl_ratio": masked_mean((mixed["label"] != ignore).float(), mixed["valid"]),
                      "mix_ratio": boxes.float().mean(),
                      "bank_conf_mean": self.bank.conf.mean(), "bank_conf_min": self.bank.conf.min(),
-                     "batch_conf_mean": batch_conf.nan_to_num(0).sum() / batch_conf.isfinite().sum().clamp_min(1)})
+                     "batch_conf_mean": batch_conf.nan_to_num(0).sum() / batch_conf.isfinite().sum().clamp_min(1),
+                     **self.bank_logs()})
         return StepOutput(loss=loss, logs=logs)
+
+    def bank_logs(self) -> dict[str, float]:
+        """``bank/<class name>``: Conf^c of every category, so the bank's course over training can be
+        plotted (``equiseg report``). One host copy for all classes rather than one sync per class."""
+        values = self.bank.conf.detach().cpu().tolist()
+        names = self.ctx.class_names or tuple(str(c) for c in range(len(values)))  # contexts built without names
+        return {f"{BANK_LOG_PREFIX}{name}": value for name, value in zip(names, values)}
 
     # ------------------------------------------------------------------ adaptive Copy-Paste
     def adaptive_copy_paste(self, labeled: dict, logs: dict) -> dict:
