@@ -215,11 +215,13 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from ..bench import BenchOptions, failed, run_bench
 
+    profiling = {key: value for key, value in (("profile_steps", args.profile_steps),
+                                               ("profile_rounds", args.profile_rounds),
+                                               ("profile_warmup", args.profile_warmup)) if value is not None}
     options = BenchOptions(out=Path(args.out), preset=args.preset, methods=args.methods, configs=args.configs,
                            seeds=args.seeds, eval_list=args.eval_list, overrides=args.overrides,
                            reuse_from=[Path(d) for d in args.reuse_from], step_profile=args.step_profile,
-                           profile_steps=args.profile_steps, profile_rounds=args.profile_rounds,
-                           profile_warmup=args.profile_warmup)
+                           **profiling)
     records = run_bench(options)
     print((Path(args.out) / "bench.md").read_text())
     return 1 if failed(records) else 0

@@ -8,6 +8,10 @@ from typing import Optional
 from ..errors import EquisegError
 
 
+INTERRUPT_HINTS = {"train": "; resume with --resume auto",
+                   "bench": "; run the same bench command again: finished runs are reused, interrupted ones resumed"}
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. optim.iterations=200 data.root=/data/camvid")
@@ -90,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also reuse identical finished runs found in the run folders inside DIR (e.g. runs)")
     p.add_argument("--step-profile", action="store_true",
                    help="append a per-step speed table (interleaved timing in one process, as benchmarks/step_time.py)")
-    p.add_argument("--profile-steps", type=int, default=10, help="timed steps per method per round")
-    p.add_argument("--profile-rounds", type=int, default=3)
-    p.add_argument("--profile-warmup", type=int, default=3)
+    p.add_argument("--profile-steps", type=int, help="timed steps per method per round (default 10)")
+    p.add_argument("--profile-rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument("--profile-warmup", type=int, help="untimed steps per method first (default 3)")
 
     p = sub.add_parser("demo", help="train and evaluate on a generated synthetic dataset (no download)")
     p.add_argument("--out", default="runs/demo", help="folder for the data and the run")
@@ -117,7 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"equiseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume auto", file=sys.stderr)
+        print(f"interrupted{INTERRUPT_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
 
 

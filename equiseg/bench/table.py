@@ -1,0 +1,176 @@
+"""The bench's results: one record per run, mean ± spread per method, Markdown and JSON.
+
+Spread is the sample standard deviation over seeds (n - 1 in the denominator), the usual
+"mean ± std over K seeds" of segmentation papers; a single seed has none.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+PERCENT = 100.0
+GIB = 1024 ** 3
+SECONDS_PER_MINUTE = 60.0
+TAIL_MARK = "*"
+
+
+@dataclass
+class RunRecord:
+    """The numbers of one method / seed run (fractions; seconds; bytes)."""
+
+    method: str
+    seed: int
+    run_dir: str
+    status: str = "trained"
+    """trained | resumed | reused | failed"""
+    miou_last: Optional[float] = None
+    tail_miou_last: Optional[float] = None
+    miou_best: Optional[float] = None
+    tail_miou_best: Optional[float] = None
+    best_iteration: Optional[str] = None
+    """'400', or 'round 3 / 120' for DST-CBC (iteration within the selected round)."""
+    iou_last: list[Optional[float]] = field(default_factory=list)
+    iterations: Optional[int] = None
+    wall_s: Optional[float] = None
+    """Bench-measured seconds of the whole run (training, evaluation, checkpoints; DST-CBC's
+    pseudo-labeling). None for a reused run without a bench record, or a resumed one (partial)."""
+    peak_memory_bytes: Optional[int] = None
+    memory_kind: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def s_per_iteration(self) -> Optional[float]:
+        if self.wall_s is None or not self.iterations:
+            return None
+        return self.wall_s / self.iterations
+
+
+@dataclass
+class Stat:
+    mean: Optional[float]
+    spread: Optional[float]
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[Optional[float]]) -> "Stat":
+        known = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if not known:
+            return cls(None, None, 0)
+        spread = statistics.stdev(known) if len(known) > 1 else None
+        return cls(statistics.fmean(known), spread, len(known))
+
+    def format(self, scale: float = 1.0, digits: int = 2) -> str:
+        if self.mean is None:
+            return "n/a"
+        text = f"{self.mean * scale:.{digits}f}"
+        return text + (f" ± {self.spread * scale:.{digits}f}" if self.spread is not None else "")
+
+
+SUMMARY_FIELDS = ("miou_last", "tail_miou_last", "miou_best", "tail_miou_best")
+
+
+def summarize(records: Sequence[RunRecord]) -> dict[str, Stat]:
+    """Mean ± spread of every numeric column over a method's successful runs."""
+    done = [r for r in records if r.error is None]
+    stats = {name: Stat.of([getattr(r, name) for r in done]) for name in SUMMARY_FIELDS}
+    stats["wall_s"] = Stat.of([r.wall_s for r in done])
+    stats["s_per_iteration"] = Stat.of([r.s_per_iteration for r in done])
+    stats["peak_memory_bytes"] = Stat.of([r.peak_memory_bytes for r in done])
+    return stats
+
+
+def class_means(records: Sequence[RunRecord], num_classes: int) -> list[Optional[float]]:
+    """Per-class IoU of the last checkpoint, averaged over a method's runs."""
+    done = [r for r in records if r.error is None and r.iou_last]
+    return [Stat.of([r.iou_last[c] if c < len(r.iou_last) else None for r in done]).mean for c in range(num_classes)]
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def results_table(groups: dict[str, list[RunRecord]]) -> str:
+    """The main Markdown table: one row per method."""
+    header = ["method", "seeds", "mIoU last", "tail mIoU last", "mIoU best", "tail mIoU best", "best at iteration",
+              "wall time (min)", "s / iteration", "peak memory (GiB)", "runs"]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for method, records in groups.items():
+        s = summarize(records)
+        seeds = ", ".join(str(r.seed) for r in records)
+        best_at = ", ".join(r.best_iteration or "n/a" for r in records if r.error is None) or "n/a"
+        status = ", ".join(sorted({r.status for r in records}))
+        lines.append(_row([method, seeds, s["miou_last"].format(PERCENT), s["tail_miou_last"].format(PERCENT),
+                           s["miou_best"].format(PERCENT), s["tail_miou_best"].format(PERCENT), best_at,
+                           s["wall_s"].format(1 / SECONDS_PER_MINUTE, 1), s["s_per_iteration"].format(1.0, 3),
+                           s["peak_memory_bytes"].format(1 / GIB, 2), status]))
+    return "\n".join(lines)
+
+
+def per_class_table(groups: dict[str, list[RunRecord]], class_names: Sequence[str], tail_ids: Sequence[int]) -> str:
+    """Markdown: classes as rows, methods as columns, last-checkpoint IoU % (mean over seeds)."""
+    methods = list(groups)
+    means = {m: class_means(groups[m], len(class_names)) for m in methods}
+    lines = [_row(["class", *methods]), _row(["---"] * (len(methods) + 1))]
+    tails = set(tail_ids)
+    for c, name in enumerate(class_names):
+        label = f"{name} {TAIL_MARK}" if c in tails else name
+        cells = ["n/a" if means[m][c] is None else f"{PERCENT * means[m][c]:.2f}" for m in methods]
+        lines.append(_row([label, *cells]))
+    return "\n".join(lines)
+
+
+def protocol_lines(protocol: dict[str, Any]) -> list[str]:
+    """``- key: value`` lines; a value that differs per method is listed per method."""
+    lines = []
+    for key, value in protocol.items():
+        if isinstance(value, dict):
+            value = "; ".join(f"{method}: {text}" for method, text in value.items())
+        lines.append(f"- {key}: {value}")
+    return lines
+
+
+def failures(groups: dict[str, list[RunRecord]]) -> list[str]:
+    return [f"- {r.method} seed {r.seed} ({r.run_dir}): {r.error}" for rs in groups.values() for r in rs if r.error]
+
+
+def bench_markdown(groups: dict[str, list[RunRecord]], protocol: dict[str, Any], class_names: Sequence[str],
+                   tail_ids: Sequence[int], memory_note: str, speed: Optional[str] = None) -> str:
+    """bench.md: the results table with its exact protocol under it, per-class IoU, speed profile."""
+    n_seeds = max((len(r) for r in groups.values()), default=0)
+    parts = [
+        "# equiseg bench", "",
+        results_table(groups), "",
+        "Protocol:", *protocol_lines(protocol), "",
+        f"mIoU in %, on the eval split; 'last' is the final checkpoint, 'best' the best evaluation during "
+        f"training (selected on the same split, hence optimistic). Several seeds: mean ± sample standard deviation "
+        f"(up to {n_seeds} seed(s) per method). Wall time: the whole run as the bench measured it (training, "
+        f"evaluation, checkpoints, DST-CBC pseudo-labeling); s / iteration = wall time / optimizer steps. "
+        f"Peak memory: {memory_note}. runs: trained here, resumed (wall time partial, not shown), or reused "
+        f"(an identical finished run).", "",
+    ]
+    if class_names:
+        parts += ["## Per-class IoU (last checkpoint, %, mean over seeds; * = tail class)", "",
+                  per_class_table(groups, class_names, tail_ids), ""]
+    if speed:
+        parts += ["## Step time", "", speed, ""]
+    failed = failures(groups)
+    if failed:
+        parts += ["## Failed runs", "", *failed, ""]
+    return "\n".join(parts)
+
+
+def bench_json(groups: dict[str, list[RunRecord]], protocol: dict[str, Any], class_names: Sequence[str],
+               tail_ids: Sequence[int], memory_note: str, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    methods = []
+    for method, records in groups.items():
+        methods.append({
+            "method": method,
+            "summary": {k: asdict(v) for k, v in summarize(records).items()},
+            "iou_last_mean": class_means(records, len(class_names)),
+            "runs": [{**asdict(r), "s_per_iteration": r.s_per_iteration} for r in records],
+        })
+    return {"protocol": protocol, "class_names": list(class_names), "tail_ids": list(tail_ids),
+            "memory": memory_note, "spread": "sample standard deviation over seeds", "methods": methods,
+            **(extra or {})}

@@ -1,0 +1,317 @@
+"""``equiseg report RUN_DIR``: one self-contained HTML page about a run.
+
+Inline CSS, inline SVG charts and base64 PNG pictures: the file opens offline and can be mailed
+or attached to an issue as it is. Sections appear when the run logged what they show:
+
+summary (method, data, protocol, results, speed) · curves (loss, LR, val mIoU) · per-class IoU
+(last and best, tail classes marked) · AEL's confidence bank · HagSeg's hardness · DST-CBC's
+pseudo-labels per round · step time · input / ground truth / prediction pictures.
+"""
+from __future__ import annotations
+
+import statistics
+from html import escape
+from pathlib import Path
+from typing import Optional, Union
+
+from ..engine.timing import SECTIONS
+from ..methods.ael import BANK_LOG_PREFIX
+from . import svg
+from .protocol import protocol_rows, total_iterations
+from .run_folder import RunFolder, load_run, where
+from .samples import DEFAULT_NUM_IMAGES, SampleGrid, try_render_samples
+
+REPORT_FILE = "report.html"
+LOSS_PREFIX = "loss_"
+BANK_SUMMARY_KEYS = ("bank_conf_mean", "bank_conf_min", "batch_conf_mean")
+TIMING_KEY = "time_ms"
+DATA_SECTION = "data"
+MIN_PICTURE_WIDTH = 640
+"""Display pixels: tiny pictures (synthetic data) are shown enlarged by a whole factor, pixels crisp."""
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 980px;
+       color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd;
+     padding-bottom: 0.2em; margin-top: 2em; } h3 { font-size: 1em; margin-bottom: 0.3em; }
+nav a { margin-right: 1em; } .note { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { padding: 2px 10px; border-bottom: 1px solid #eee; text-align: left; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.tail td { background: #fff3d6; } .headline td { font-weight: bold; }
+.legend { font-size: 0.85em; margin: 0.2em 0 1em 64px; }
+.key { margin-right: 1.2em; white-space: nowrap; }
+.swatch { display: inline-block; width: 20px; height: 0; border-top: 3px solid; margin-right: 5px;
+          vertical-align: middle; } .swatch.dashed { border-top-style: dashed; }
+.chip { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: middle;
+        border: 1px solid #999; }
+svg.chart { display: block; max-width: 100%; height: auto; }
+img.samples { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def pct(value: Optional[float]) -> str:
+    """A fraction as a percentage with two decimals (as the evaluation tables print it)."""
+    return "n/a" if value is None else svg.percent(value)
+
+
+def _table(header: Optional[list[str]], rows: list[list[str]], numeric_from: int = 1,
+           row_classes: Optional[list[str]] = None) -> str:
+    def cells(values: list[str], tag: str) -> str:
+        return "".join(f'<{tag}{" class=num" if i >= numeric_from else ""}>{v}</{tag}>' for i, v in enumerate(values))
+
+    classes = row_classes or [""] * len(rows)
+    body = "".join(f'<tr{f" class={c}" if c else ""}>{cells(r, "td")}</tr>' for r, c in zip(rows, classes))
+    head = f"<thead><tr>{cells(header, 'th')}</tr></thead>" if header else ""
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def _padded(values: Optional[list], length: int) -> list:
+    """``values`` cut or padded with None to ``length`` (a result without per-class values, or
+    class names from another source than the result)."""
+    values = list(values or [])[:length]
+    return values + [None] * (length - len(values))
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def _round_markers(run: RunFolder) -> list[tuple[float, str]]:
+    return [(r.start_iteration, f"round {r.round}") for r in run.rounds]
+
+
+def confidence(value: float) -> str:
+    """AEL's bank values are confidences in [0, 1] (Eq. 4), shown as such."""
+    return f"{value:.3f}"
+
+
+def step_ms(record: dict) -> Optional[float]:
+    """A window's mean step time: the sum of its timed sections (ms)."""
+    timing = record.get(TIMING_KEY)
+    return sum(timing.values()) if isinstance(timing, dict) and timing else None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def summary_section(run: RunFolder) -> str:
+    rows = [["run folder", escape(str(run.path))], ["method", escape(run.method)]]
+    rows += [[escape(k), escape(v)] for k, v in protocol_rows(run.config, run.split).items()]
+    last, best = run.last, run.best
+    if last:
+        rows.append(["last checkpoint", f"mIoU {pct(last.get('miou'))} % · tail mIoU {pct(last.get('tail_miou'))} % "
+                                        f"({where(last, last.get('iteration'))})"])
+    if best:
+        rows.append(["best checkpoint", f"mIoU {pct(best.get('miou'))} % · tail mIoU {pct(best.get('tail_miou'))} % "
+                                        f"({where(best, run.best_iteration)})"])
+    if not run.results:
+        done = run.train[-1]["iteration"] if run.train else 0
+        rows.append(["status", f"in progress or stopped: no results.json; {done} of "
+                               f"{total_iterations(run.config) or '?'} iterations logged"])
+    times = [t for t in map(step_ms, run.train) if t is not None]
+    if times:
+        rows.append(["step time", f"{statistics.median(times):.0f} ms in the timed sections (median over "
+                                  f"{len(times)} logging windows, see Step time)"])
+    return _section("summary", "Summary", _table(None, rows, numeric_from=2))
+
+
+def curves_section(run: RunFolder) -> str:
+    markers = _round_markers(run)
+    loss_keys = [k for k in run.train_keys() if k == "loss" or k.startswith(LOSS_PREFIX)]
+    parts = []
+    if loss_keys:
+        lines = [svg.Line(k, run.train_series(k)) for k in loss_keys[:len(svg.SERIES_COLOURS)]]
+        parts.append("<h3>Training loss</h3>" + svg.line_chart(lines, "training loss", markers=markers))
+    if run.train_series("lr"):
+        parts.append("<h3>Learning rate (backbone)</h3>"
+                     + svg.line_chart([svg.Line("lr", run.train_series("lr"))], "learning rate", markers=markers))
+    eval_lines = _eval_lines(run)
+    if eval_lines:
+        top = max((y for line in eval_lines for _, y in line.points if y is not None), default=1.0)
+        split = escape(str(run.section("data").get("val_list") or "val split"))
+        parts.append(f"<h3>Evaluation mIoU (%, {split})</h3>"
+                     + svg.line_chart(eval_lines, "validation mIoU", y_format=svg.percent,
+                                      y_range=(0.0, top), markers=markers))
+    if not parts:
+        return ""
+    return _section("curves", "Curves", "".join(parts))
+
+
+def _eval_lines(run: RunFolder) -> list[svg.Line]:
+    models: dict[str, None] = {}
+    for rec in run.evals:
+        for name in rec["eval"]:
+            models.setdefault(name)
+    lines = []
+    for i, name in enumerate(models):
+        colour = svg.SERIES_COLOURS[i % len(svg.SERIES_COLOURS)]
+        for key, dashed, label in (("miou", False, f"{name} mIoU"), ("tail_miou", True, f"{name} tail mIoU")):
+            points = [(rec["iteration"], (rec["eval"].get(name) or {}).get(key)) for rec in run.evals]
+            if any(y is not None for _, y in points):
+                lines.append(svg.Line(label, points, colour, dashed))
+    return lines
+
+
+def per_class_section(run: RunFolder) -> str:
+    last, best = run.last or {}, run.best or {}
+    if not (last.get("iou") or best.get("iou")):
+        return ""
+    names, tails = run.class_names(), set(run.tail_ids())
+    last_iou = _padded(last.get("iou"), len(names))
+    best_iou = _padded(best.get("iou"), len(names))
+    bars = [svg.Bar(name + (" *" if c in tails else ""), [last_iou[c], best_iou[c]], highlight=c in tails)
+            for c, name in enumerate(names)]
+    labels = [f"last ({where(last, last.get('iteration'))})", f"best ({where(best, run.best_iteration)})"]
+    chart = svg.bar_chart(bars, labels, "per-class IoU")
+    rows = [[escape(name), "*" if c in tails else "", pct(last_iou[c]), pct(best_iou[c])] for c, name in enumerate(names)]
+    classes = ["tail" if c in tails else "" for c in range(len(names))]
+    for label, key in (("mIoU", "miou"), ("head mIoU", "head_miou"), ("tail mIoU", "tail_miou")):
+        rows.append([label, "", pct(last.get(key)), pct(best.get(key))])
+        classes.append("headline")
+    table = _table(["class", "tail", "last IoU %", "best IoU %"], rows, numeric_from=2, row_classes=classes)
+    note = ('<p class="note">Tail classes (the dataset\'s rare classes, reported as tail mIoU) are marked * and '
+            "tinted. A class absent from both ground truth and predictions has no IoU (n/a).</p>")
+    return _section("per-class", "Per-class IoU", chart + note + table)
+
+
+def bank_section(run: RunFolder) -> str:
+    """AEL's confidence bank Conf^c over training: a heat map per class, plus its mean / min."""
+    keys = [k for k in run.train_keys() if k.startswith(BANK_LOG_PREFIX)]
+    summary_keys = [k for k in BANK_SUMMARY_KEYS if run.train_series(k)]
+    if not keys and not summary_keys:
+        return ""
+    parts = []
+    if keys:
+        names, tails = run.class_names(), set(run.tail_ids())
+        logged = {k[len(BANK_LOG_PREFIX):]: k for k in keys}
+        order = [n for n in names if n in logged] + [n for n in logged if n not in names]
+        iterations = [rec["iteration"] for rec in run.train if logged[order[0]] in rec]
+        rows = [[rec.get(logged[n]) for rec in run.train if logged[order[0]] in rec] for n in order]
+        highlight = [i for i, n in enumerate(order) if n in names and names.index(n) in tails]
+        parts.append("<h3>Conf<sup>c</sup> per class (Eq. 7)</h3>"
+                     + svg.heat_map(order, iterations, rows, "confidence bank per class", highlight=highlight,
+                                    value_format=confidence)
+                     + '<p class="note">Red = low confidence: the classes AEL samples most for adaptive CutMix / '
+                       "Copy-Paste and keeps most pixels of in equalization sampling. Right: the last value. "
+                       "* = tail class.</p>")
+    if summary_keys:
+        lines = [svg.Line(k, run.train_series(k)) for k in summary_keys]
+        parts.append("<h3>Bank summary</h3>" + svg.line_chart(lines, "confidence bank", y_format=confidence))
+    return _section("bank", "AEL confidence bank", "".join(parts))
+
+
+def hardness_section(run: RunFolder) -> str:
+    """HagSeg's per-image hardness γ over training (mean, ± one standard deviation over the batch)."""
+    mean = run.train_series("hardness_mean")
+    if not mean:
+        return ""
+    std = dict(run.train_series("hardness_std"))
+    band = [(x, y - std[x], y + std[x]) for x, y in mean if x in std]
+    lines = [svg.Line("hardness mean", mean, band=band)]
+    lines += [svg.Line(k, run.train_series(k), dashed=True) for k in ("wiou_teacher", "wiou_student")
+              if run.train_series(k)]
+    note = ('<p class="note">Shaded: ± one standard deviation of the hardness over the unlabeled batch '
+            "(window means). Hardness guides HagSeg's augmentation strength and loss weights.</p>")
+    return _section("hardness", "HagSeg hardness", svg.line_chart(lines, "hardness") + note)
+
+
+def rounds_section(run: RunFolder) -> str:
+    """DST-CBC: pseudo-label coverage and quality per round, and each round's val scores."""
+    if not run.rounds:
+        return ""
+    rows = [[str(r.round), "-" if r.alpha is None else f"{100 * r.alpha:.0f}", pct(r.coverage),
+             pct(r.pseudo_label_miou), pct(r.best_miou), pct(r.last_miou),
+             "-" if r.selected_round is None else str(r.selected_round)] for r in run.rounds]
+    table = _table(["round", "α %", "coverage %", "pseudo-label mIoU %", "best mIoU %", "last mIoU %",
+                    "selected round"], rows)
+    labelled = [r for r in run.rounds if r.coverage is not None]
+    parts = [table]
+    if labelled:
+        bars = [svg.Bar(f"round {r.round}", [r.coverage, r.pseudo_label_miou]) for r in labelled]
+        parts.append(svg.bar_chart(bars, ["coverage", "pseudo-label mIoU"], "pseudo-labels per round"))
+        names = run.class_names()
+        tails = set(run.tail_ids())
+        columns = [float(r.round) for r in labelled]
+        for attr, title in (("class_coverage", "Coverage per class"), ("class_iou", "Pseudo-label IoU per class")):
+            per_round = [getattr(r, attr) or [None] * len(names) for r in labelled]
+            if any(any(v is not None for v in values) for values in per_round):
+                rows_by_class = [[values[c] if c < len(values) else None for values in per_round]
+                                 for c in range(len(names))]
+                parts.append(f"<h3>{escape(title)}</h3>"
+                             + svg.heat_map(names, columns, rows_by_class, title, column_name="round",
+                                            highlight=sorted(tails), column_format=lambda c: f"{c:.0f}"))
+    note = ('<p class="note">Coverage: share of the unlabeled pixels that kept a pseudo-label. Pseudo-label '
+            "mIoU: the kept pseudo-labels against the unlabeled images' ground truth (measured only, never "
+            "trained on). best / last: the round's val mIoU; the selected round's best model labels the next round.</p>")
+    return _section("rounds", "DST-CBC rounds", "".join(parts) + note)
+
+
+def timing_section(run: RunFolder) -> str:
+    """Median over logging windows of each timed part of a step."""
+    sections: dict[str, list[float]] = {}
+    for rec in run.train:
+        for name, ms in (rec.get(TIMING_KEY) or {}).items():
+            sections.setdefault(name, []).append(float(ms))
+    if not sections:
+        return ""
+    order = [n for n in SECTIONS if n in sections] + sorted(n for n in sections if n not in SECTIONS)
+    medians = {name: statistics.median(sections[name]) for name in order}
+    total = sum(medians.values()) or 1.0
+    rows = [[escape(name), f"{ms:.1f}", f"{100 * ms / total:.1f}"] for name, ms in medians.items()]
+    note = ('<p class="note">Sections timed by the engine (train.profile=true synchronizes CUDA so GPU time '
+            f"lands in the right one). {DATA_SECTION} = waiting for the data loader.</p>")
+    return _section("timing", "Step time", _table(["part", "median ms", "% of timed"], rows) + note)
+
+
+def _picture_style(width: int) -> str:
+    factor = max(1, MIN_PICTURE_WIDTH // max(width, 1))
+    return f"width:{width * factor}px" + (";image-rendering:pixelated" if factor > 1 else "")
+
+
+def samples_section(grid: Optional[SampleGrid], reason: str) -> str:
+    if grid is None:
+        return _section("samples", "Predictions", f'<p class="note">{escape(reason)}</p>') if reason else ""
+    chips = "".join(f'<span class="key"><span class="chip" style="background:rgb{rgb}"></span>{escape(name)}</span>'
+                    for name, rgb in grid.classes)
+    body = (f'<p class="note">Columns: input, ground truth, prediction. {escape(grid.note)}. '
+            f'Images: {escape(", ".join(grid.names))}.</p>'
+            f'<img class="samples" alt="input, ground truth and prediction" style="{_picture_style(grid.width)}" '
+            f'src="data:image/png;base64,{grid.png_base64}"/><div class="legend">{chips}</div>')
+    return _section("samples", "Predictions", body)
+
+
+# --------------------------------------------------------------------------- page
+
+
+SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "per-class": "Per-class IoU", "bank": "Bank",
+                  "hardness": "Hardness", "rounds": "Rounds", "timing": "Step time", "samples": "Predictions"}
+
+
+def build_html(run: RunFolder, samples: Optional[SampleGrid] = None, samples_reason: str = "") -> str:
+    sections = {
+        "summary": summary_section(run), "curves": curves_section(run), "per-class": per_class_section(run),
+        "bank": bank_section(run), "hardness": hardness_section(run), "rounds": rounds_section(run),
+        "timing": timing_section(run), "samples": samples_section(samples, samples_reason),
+    }
+    present = {k: v for k, v in sections.items() if v}
+    nav = "".join(f'<a href="#{k}">{SECTION_TITLES[k]}</a>' for k in present)
+    title = f"{run.method} on {run.dataset} — {run.path.name}"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{escape(title)}</h1><p class=\"note\">equiseg run report of {escape(str(run.path))}</p>"
+            f"<nav>{nav}</nav>{''.join(present.values())}</body></html>\n")
+
+
+def write_report(run_dir: Union[str, Path], out: Optional[Union[str, Path]] = None, images: bool = True,
+                 num_images: int = DEFAULT_NUM_IMAGES, device: str = "cpu") -> Path:
+    """Render the report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); returns the path."""
+    run = load_run(run_dir)
+    grid, reason = try_render_samples(run, num_images, device) if images else (None, "")
+    target = Path(out) if out else run.path / REPORT_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(build_html(run, grid, reason), encoding="utf-8")
+    return target

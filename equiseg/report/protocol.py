@@ -1,0 +1,113 @@
+"""The experimental protocol of a run in words, from its config and split record.
+
+Shared by ``equiseg report`` (run summary) and ``equiseg bench`` (the statement under the table),
+so both describe a run the same way. Works on the raw config mapping, so an old run folder whose
+config no longer validates still gets a summary.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _size(value: Any, separator: str = "x") -> str:
+    return separator.join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def uses_unlabeled(method: str) -> bool:
+    from ..methods import method_class
+
+    try:
+        return method_class(method).uses_unlabeled
+    except ValueError:  # a method this version does not know: say nothing about unlabeled data
+        return False
+
+
+def iterations(config: dict[str, Any]) -> str:
+    """``600``; DST-CBC: round 0 plus one budget per self-training round, ``600 + 5 x 120``."""
+    optim, method = _section(config, "optim"), _section(config, "method")
+    per_run = optim.get("iterations", "?")
+    if method.get("name") != "dst_cbc":
+        return str(per_run)
+    round0 = (method.get("supervised_overrides") or {}).get("optim.iterations", per_run)
+    rounds = len(method.get("alphas") or [])
+    return f"{round0} (round 0) + {rounds} x {per_run}"
+
+
+def total_iterations(config: dict[str, Any]) -> Optional[int]:
+    """Optimiser steps of the whole run (all DST-CBC rounds), or None when not a number."""
+    optim, method = _section(config, "optim"), _section(config, "method")
+    per_run = optim.get("iterations")
+    if not isinstance(per_run, int):
+        return None
+    if method.get("name") != "dst_cbc":
+        return per_run
+    round0 = (method.get("supervised_overrides") or {}).get("optim.iterations", per_run)
+    return int(round0) + len(method.get("alphas") or []) * per_run
+
+
+def labeled(data: dict[str, Any], split: dict[str, Any]) -> str:
+    """``46 labeled (1/8 of 367, fold 0) / 321 unlabeled`` from split.json, else from the config."""
+    count = (split.get("labeled") or {}).get("count")
+    unlabeled_count = (split.get("unlabeled") or {}).get("count")
+    if data.get("labeled_list"):
+        how = f"list {data['labeled_list']}"
+    elif data.get("labeled"):
+        pool = f" of {split['pool_count']}" if split.get("pool_count") is not None else ""
+        how = f"{data['labeled']}{pool}, fold {data.get('fold', 0)}"
+    else:
+        how = "all of the pool (fully supervised)"
+    text = f"{count} labeled ({how})" if count is not None else how
+    if unlabeled_count:
+        text += f" / {unlabeled_count} unlabeled"
+    return text
+
+
+def batch(data: dict[str, Any], method: str) -> str:
+    labeled_batch = data.get("batch_size", "?")
+    if not uses_unlabeled(method):
+        return f"{labeled_batch} labeled"
+    unlabeled_batch = data.get("unlabeled_batch_size") or labeled_batch
+    return f"{labeled_batch} labeled + {unlabeled_batch} unlabeled"
+
+
+def model(config: dict[str, Any]) -> str:
+    m = _section(config, "model")
+    text = f"{m.get('arch', '?')} {m.get('backbone', '?')} OS{m.get('output_stride', '?')}"
+    pretrained = m.get("pretrained")
+    return text + (f", ImageNet init {pretrained}" if pretrained else ", random init")
+
+
+def evaluation(config: dict[str, Any]) -> str:
+    e, data = _section(config, "eval"), _section(config, "data")
+    mode = e.get("mode", "whole")
+    text = mode
+    if mode != "whole":
+        text += f" {_size(e.get('crop_size') or data.get('crop_size'))}"
+    return text + (" + flip" if e.get("flip") else "")
+
+
+def protocol_rows(config: dict[str, Any], split: Optional[dict[str, Any]] = None) -> dict[str, str]:
+    """Ordered ``{label: text}`` describing what a run's numbers depend on."""
+    data, optim, run = _section(config, "data"), _section(config, "optim"), _section(config, "run")
+    method = str(_section(config, "method").get("name", "?"))
+    return {
+        "dataset": str(data.get("dataset", "?")),
+        "eval split": str(data.get("val_list") or "val split"),
+        "labeled": labeled(data, split or {}),
+        "image scale": str(data.get("image_scale", 1.0)),
+        "crop": f"{_size(data.get('crop_size', '?'))} (scale range {_size(data.get('scale_range', '?'), '-')}"
+                f"{', flip' if data.get('flip', True) else ''})",
+        "batch": batch(data, method),
+        "iterations": iterations(config),
+        "model": model(config),
+        "optimiser": f"SGD lr {optim.get('lr', '?')} (head x{optim.get('head_lr_mult', '?')}), "
+                     f"weight decay {optim.get('weight_decay', '?')}, warm-up {optim.get('warmup_iterations', 0)}",
+        "evaluation": evaluation(config),
+        "amp": str(_section(config, "train").get("amp", "off")),
+        "seed": str(run.get("seed", "?")),
+    }

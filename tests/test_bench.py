@@ -1,0 +1,215 @@
+"""``equiseg bench``: the table and its statistics, config-equality caching, presets, and a tiny
+end-to-end bench of two methods on synthetic data (trained in spawned processes, then reused)."""
+from __future__ import annotations
+
+import json
+import math
+import queue
+from pathlib import Path
+
+import pytest
+import yaml
+
+from equiseg.bench import runner
+from equiseg.bench.cache import RunState, comparable, differences, find_finished_run, run_state
+from equiseg.bench.presets import PRESETS, preset_configs
+from equiseg.bench.table import RunRecord, Stat, bench_json, bench_markdown, summarize
+from equiseg.cli.main import main as cli
+from equiseg.config import config_to_yaml, load_config, validate_config
+from equiseg.data.synthetic import make_synthetic_dataset
+from equiseg.errors import ConfigError
+from test_training import tiny_config
+
+BENCH_ITERATIONS = 4
+
+
+# --------------------------------------------------------------------------- statistics and the table
+
+
+def test_mean_and_sample_spread():
+    two = Stat.of([0.5, None, 0.7, float("nan")])  # unknown values are left out
+    assert two.n == 2 and two.mean == pytest.approx(0.6) and two.spread == pytest.approx(math.sqrt(0.02))
+    assert two.format(100) == "60.00 ± 14.14"
+    one = Stat.of([0.42])
+    assert one.spread is None and one.format(100) == "42.00"
+    assert Stat.of([None]).format() == "n/a" and Stat.of([]).n == 0
+
+
+def _fake_groups() -> dict[str, list[RunRecord]]:
+    def record(method, seed, miou, tail, iou, **kw):
+        return RunRecord(method, seed, f"out/{method}_seed{seed}", miou_last=miou, tail_miou_last=tail,
+                         miou_best=miou + 0.01, tail_miou_best=tail, best_iteration="600", iou_last=iou,
+                         iterations=600, wall_s=600.0 + 60 * seed, peak_memory_bytes=2 * 1024 ** 3,
+                         memory_kind="max_rss", **kw)
+
+    return {
+        "supervised": [record("supervised", 0, 0.50, 0.10, [0.9, 0.1, 0.5]),
+                       record("supervised", 1, 0.70, 0.30, [0.7, 0.3, 1.1])],
+        "ael": [record("ael", 0, 0.60, 0.20, [0.8, 0.2, 0.8]),
+                RunRecord("ael", 1, "out/ael_seed1", status="failed", error="FloatingPointError: loss is nan")],
+    }
+
+
+def test_markdown_and_json_tables_on_fake_results():
+    groups = _fake_groups()
+    protocol = {"dataset": "camvid", "iterations": {"supervised": "600", "ael": "600 (x2)"}, "seeds": "0, 1"}
+    md = bench_markdown(groups, protocol, ["road", "pole", "sky"], [1], "maximum resident set size")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    # supervised: mIoU 60 ± 14.14 over seeds 0, 1; wall 10 and 11 min; 1 s / iteration on average.
+    assert rows["supervised"].startswith("| supervised | 0, 1 | 60.00 ± 14.14 | 20.00 ± 14.14 | 61.00 ± 14.14 |")
+    assert "| 10.5 ± 0.7 | 1.050 ± 0.071 | 2.00 ± 0.00 | trained |" in rows["supervised"]
+    assert rows["ael"].startswith("| ael | 0, 1 | 60.00 | 20.00 | 61.00 | 20.00 | 600 |")  # the failure is left out
+    assert "failed, trained" in rows["ael"]
+    assert "- dataset: camvid" in md and "- iterations: supervised: 600; ael: 600 (x2)" in md
+    assert "Peak memory: maximum resident set size" in md and "sample standard deviation" in md
+    assert "| pole * | 20.00 | 20.00 |" in md and "| sky | 80.00 | 80.00 |" in md  # 1.1 and 0.5: mean 0.8
+    assert "ael seed 1 (out/ael_seed1): FloatingPointError: loss is nan" in md
+
+    data = bench_json(groups, protocol, ["road", "pole", "sky"], [1], "rss")
+    json.dumps(data)  # plain JSON
+    sup = data["methods"][0]
+    assert sup["method"] == "supervised" and sup["summary"]["miou_last"]["mean"] == pytest.approx(0.6)
+    assert sup["summary"]["miou_last"]["n"] == 2 and sup["iou_last_mean"] == pytest.approx([0.8, 0.2, 0.8])
+    assert sup["runs"][1]["s_per_iteration"] == pytest.approx(1.1)
+    assert data["tail_ids"] == [1] and data["memory"] == "rss"
+    assert summarize(groups["ael"])["miou_last"].n == 1
+
+
+# --------------------------------------------------------------------------- caching
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("bench_data"), n_train=16, n_val=4, size=(48, 64), seed=2)
+
+
+def _finished_run(run_dir: Path, cfg) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    (run_dir / "results.json").write_text("{}")
+    return run_dir
+
+
+def test_comparable_drops_only_result_neutral_keys():
+    raw = {"run": {"name": "a", "output_dir": "x", "seed": 1}, "data": {"num_workers": 4, "batch_size": 8},
+           "train": {"progress_bar": True, "log_every": 5, "eval_every": 100}}
+    assert comparable(raw) == {"run": {"seed": 1}, "data": {"batch_size": 8}, "train": {"eval_every": 100}}
+    assert raw["run"]["name"] == "a"  # the input is left alone
+    assert differences({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3, "d": 0}}) == ["a.c", "a.d"]
+
+
+def test_run_state_reuses_only_an_identical_config(data_root, tmp_path):
+    cfg = validate_config(tiny_config(data_root, tmp_path / "bench", iterations=BENCH_ITERATIONS))
+    run_dir = tmp_path / "bench" / "t"
+    assert run_state(cfg, run_dir) == (RunState.ABSENT, [])
+    _finished_run(run_dir, cfg)
+    assert run_state(cfg, run_dir) == (RunState.FINISHED, [])
+
+    # Where it was written, loader processes, logging: same results, still reused.
+    neutral = validate_config(tiny_config(data_root, tmp_path / "elsewhere", iterations=BENCH_ITERATIONS,
+                                          run__name="other", data__num_workers=3, train__log_every=7,
+                                          train__progress_bar=True))
+    assert run_state(neutral, run_dir) == (RunState.FINISHED, [])
+    changed = validate_config(tiny_config(data_root, tmp_path / "bench", iterations=BENCH_ITERATIONS,
+                                          optim__lr=0.5, run__seed=4))
+    assert run_state(changed, run_dir) == (RunState.DIFFERENT, ["optim.lr", "run.seed"])
+
+    (run_dir / "results.json").unlink()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    assert run_state(cfg, run_dir)[0] is RunState.INTERRUPTED
+
+    # Never taken for a crashed start: a folder with other files and no config.yaml.
+    stranger = tmp_path / "bench" / "stranger"
+    stranger.mkdir()
+    (stranger / "split").mkdir()
+    assert run_state(cfg, stranger)[0] is RunState.ABSENT  # what a trainer writes before config.yaml
+    (stranger / "notes.txt").write_text("mine")
+    assert run_state(cfg, stranger) == (RunState.DIFFERENT, ["no readable config.yaml"])
+
+    # A user's finished run elsewhere with the same protocol stands in for the bench run.
+    user_run = _finished_run(tmp_path / "runs" / "my_run", neutral)
+    assert find_finished_run(cfg, [tmp_path / "runs", tmp_path / "missing"]) == user_run
+    assert find_finished_run(changed, [tmp_path / "runs"]) is None
+
+
+def test_presets_name_existing_configs_with_one_protocol():
+    for preset in PRESETS:
+        configs = {m: load_config(p) for m, p in preset_configs(preset).items()}
+        assert set(configs) == {"supervised", "cutmix", "fixmatch", "mean_teacher", "ael", "hagseg", "dst_cbc"}
+        assert all(cfg.method.name == m for m, cfg in configs.items())
+        data = {m: comparable(c.data.model_dump(), ["unlabeled_batch_size"]) for m, c in configs.items()}
+        assert all(d == data["supervised"] for d in data.values()), preset  # one dataset / split / crop / batch
+        assert len({c.model.model_dump_json() for c in configs.values()}) == 1
+    gpu = load_config(preset_configs("gpu", ["ael"])["ael"])
+    assert gpu.model.backbone == "resnet101" and gpu.data.image_scale == 1.0
+    with pytest.raises(ConfigError, match="no config for nope"):
+        preset_configs("cpu", ["ael", "nope"])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _write_config(path: Path, data_root: Path, method: str) -> Path:
+    raw = tiny_config(data_root, path.parent / "unused", method=method, iterations=BENCH_ITERATIONS,
+                      train__eval_every=2, train__log_every=2)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_tiny_bench_trains_tabulates_then_reuses(data_root, tmp_path, capsys, monkeypatch):
+    configs = [_write_config(tmp_path / f"{m}.yaml", data_root, m) for m in ("supervised", "cutmix")]
+    out = tmp_path / "bench"
+    args = ["bench", "--config", str(configs[0]), "--config", str(configs[1]), "--seeds", "0", "--out", str(out)]
+    assert cli(args) == 0
+    assert capsys.readouterr().out.count("seed 0: training") == 2
+
+    data = json.loads((out / "bench.json").read_text())
+    assert [m["method"] for m in data["methods"]] == ["supervised", "cutmix"]
+    for method in data["methods"]:
+        run = method["runs"][0]
+        results = json.loads((Path(run["run_dir"]) / "results.json").read_text())
+        assert Path(run["run_dir"]) == out / f"{method['method']}_seed0" and run["status"] == "trained"
+        assert run["miou_last"] == results["last"]["miou"] and run["iou_last"] == results["last"]["iou"]
+        assert run["miou_best"] == results["best"]["miou"] and run["best_iteration"] == str(results["best_iteration"])
+        assert run["wall_s"] > 0 and run["iterations"] == BENCH_ITERATIONS and run["memory_kind"] == "max_rss"
+        assert run["peak_memory_bytes"] > 50 * 1024 ** 2  # a process holding torch and a model
+    md = (out / "bench.md").read_text()
+    assert "- labeled: 4 labeled (1/4 of 16, fold 0) / 12 unlabeled" in md
+    assert "- batch: supervised: 4 labeled; cutmix: 4 labeled + 4 unlabeled" in md
+    assert f"- iterations: {BENCH_ITERATIONS}" in md and "- eval split: val split" in md and "- seeds: 0" in md
+    assert "resource.getrusage" in md
+    first = data["methods"][0]["runs"][0]
+    stamp = (out / "supervised_seed0" / "results.json").stat().st_mtime_ns
+
+    # Again, with result-neutral changes and the step profile: nothing is retrained.
+    assert cli([*args, "--set", "data.num_workers=1", "train.log_every=1", "--step-profile", "--profile-steps", "1",
+                "--profile-rounds", "1", "--profile-warmup", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("seed 0: reusing") == 2 and "seed 0: training" not in printed
+    assert (out / "supervised_seed0" / "results.json").stat().st_mtime_ns == stamp
+    again = json.loads((out / "bench.json").read_text())
+    assert again["methods"][0]["runs"][0]["status"] == "reused"
+    assert again["methods"][0]["runs"][0]["wall_s"] == first["wall_s"]  # kept from the bench record
+    assert [p["name"] for p in again["step_profile"]] == ["supervised", "cutmix"]
+    md = (out / "bench.md").read_text()
+    assert "## Step time" in md and "| method | ms/step | x supervised | x cutmix | data ms |" in md
+
+    # An interrupted run (a checkpoint, no results.json) is resumed, not restarted (in this process,
+    # to spare a spawn: the subprocess path ran above).
+    def train_here(run, resume):
+        box = queue.SimpleQueue()
+        runner.train_worker(run.cfg.model_dump(mode="json"), str(run.run_dir), str(resume) if resume else None, box)
+        return box.get()
+
+    monkeypatch.setattr(runner, "train_in_subprocess", train_here)
+    (out / "cutmix_seed0" / "results.json").unlink()
+    assert cli(args) == 0
+    assert "cutmix seed 0: resuming" in capsys.readouterr().out
+    resumed = json.loads((out / "bench.json").read_text())["methods"][1]["runs"][0]
+    assert resumed["status"] == "resumed" and resumed["wall_s"] is None  # only the resumed part was timed
+    assert resumed["miou_last"] == data["methods"][1]["runs"][0]["miou_last"]
+
+    # A changed protocol never overwrites a finished run.
+    assert cli([*args, "--set", "optim.lr=0.5"]) == 2
+    assert "holds another run (differs in optim.lr)" in capsys.readouterr().err
