@@ -8,6 +8,12 @@ hardness), backward and optimizer step.
 
     python benchmarks/step_time.py configs/camvid/supervised_mbv2.yaml \
         configs/ael/camvid_cutmix_mbv2.yaml configs/ael/camvid_ael_mbv2.yaml --steps 10 --rounds 3
+
+A config may carry its own overrides after ``::`` (the row is then named after them), so that two
+variants of one method can be compared in the same run:
+
+    python benchmarks/step_time.py configs/ael/camvid_cutmix_mbv2.yaml configs/ael/camvid_ael_mbv2.yaml \
+        configs/ael/camvid_ael_mbv2.yaml::method.acm_batch=extra
 """
 from __future__ import annotations
 
@@ -30,8 +36,12 @@ def main(argv=None) -> int:
                    help=f"method(s) to divide by (default: {', '.join(SPEED_BASELINES)} when profiled, else the first)")
     args = p.parse_args(argv)
 
-    configs = [load_config(path, args.set) for path in args.configs]
-    profiles = profile_steps(configs, steps=args.steps, rounds=args.rounds, warmup=args.warmup)
+    configs, names = [], []
+    for spec in args.configs:
+        path, *own = spec.split("::")
+        configs.append(load_config(path, [*args.set, *own]))
+        names.append(configs[-1].method.name + (f"[{','.join(o.split('.')[-1] for o in own)}]" if own else ""))
+    profiles = profile_steps(configs, steps=args.steps, rounds=args.rounds, warmup=args.warmup, names=names)
     print(speed_table(profiles, args.baseline or SPEED_BASELINES))
     print(f"\nmedian over {args.rounds} interleaved rounds of {args.steps} steps (after {args.warmup} warm-up "
           f"steps), one process; configs: {' '.join(args.configs)} {' '.join(args.set)}")

@@ -59,6 +59,27 @@ def test_acm_off_never_loads_and_on_loads_one_image_per_unlabeled_image():
     assert method.unlabeled_presence.present.any()  # filled from the teacher's predictions
 
 
+def test_acm_replace_half_keeps_the_teacher_batch_of_cutmix(monkeypatch):
+    seen = {}
+    for mode in ("extra", "replace_half"):
+        method, student, labeled, unlabeled = make_method("ael", acm_batch=mode, adaptive_copy_paste=False)
+        teacher_calls, student_calls = [], []
+        pseudo_labels, student_forward = method.pseudo_labels, method.student_forward
+        monkeypatch.setattr(method, "pseudo_labels", lambda x, *a: teacher_calls.append(len(x)) or pseudo_labels(x, *a))
+        monkeypatch.setattr(method, "student_forward",
+                            lambda *xs: student_calls.append([len(x) for x in xs]) or student_forward(*xs))
+        l_batch, u_batch = batches(labeled, unlabeled, 0)
+        out = method.training_step(l_batch, u_batch, 0)
+        assert math.isfinite(out.loss.item())
+        seen[mode] = (len(u_batch["image"]), teacher_calls, student_calls, len(unlabeled.loads))
+    b_u, teacher, student, loads = seen["extra"]
+    assert teacher == [2 * b_u] and student == [[len(l_batch["image"]), b_u]] and loads == b_u
+    b_u, teacher, student, loads = seen["replace_half"]
+    assert teacher == [b_u] and student == [[len(l_batch["image"]), b_u // 2]] and loads == b_u // 2
+    with pytest.raises(ValueError, match="at least 2 unlabeled images"):
+        method.keep_half({"image": torch.zeros(1, 3, 4, 4)})
+
+
 def test_acm_fetches_an_image_known_to_hold_the_sampled_class(monkeypatch):
     method, student, labeled, unlabeled = make_method("ael")
     method.unlabeled_presence.present.zero_()

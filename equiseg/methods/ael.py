@@ -73,6 +73,11 @@ class AELConfig(PseudoLabelConfig):
     """Fraction for the class-presence bank only, if different (official Cityscapes: 0.01)."""
     acm_excluded_classes: list[str] = Field(default_factory=list)
     """Class names ACM never samples (paper: none)."""
+    acm_batch: Literal["extra", "replace_half"] = "extra"
+    """Where the fetched images I_1 come from. 'extra': every unlabeled image of the batch is an I_2
+    with its own fetched I_1, so the teacher sees 2·B_u images and the student B_u mixed ones.
+    'replace_half' (official code): half of the loaded batch is replaced by fetched images, so the
+    teacher sees B_u images (as in ``cutmix``) and the student B_u / 2 mixed ones."""
 
     # -- adaptive Copy-Paste
     adaptive_copy_paste: bool = True
@@ -164,6 +169,9 @@ class AEL(TeacherStudentMethod):
         x_u, valid_u = unlabeled["image"], unlabeled["valid"]
         if cfg.adaptive_cutmix:
             with self.ctx.section("extras"):
+                if cfg.acm_batch == "replace_half":
+                    unlabeled = self.keep_half(unlabeled)
+                    x_u, valid_u = unlabeled["image"], unlabeled["valid"]
                 categories, fetched = self.fetch_by_category(x_u.shape[0], logs)
             x_all, valid_all = torch.cat([x_u, fetched["image"]]), torch.cat([valid_u, fetched["valid"]])
         else:
@@ -277,6 +285,18 @@ class AEL(TeacherStudentMethod):
         fetched["index"] = torch.tensor([s["index"] for s in samples], device=device)
         logs["acm_known_ratio"] = known / count
         return categories.to(device), fetched
+
+    @staticmethod
+    def keep_half(unlabeled: dict) -> dict:
+        """The first half of the (randomly sampled) unlabeled batch; fetched images take the other
+        half's place (``acm_batch: replace_half``, the official code's one kept image of two)."""
+        size = unlabeled["image"].shape[0]
+        if size < 2:
+            raise ValueError("method.acm_batch 'replace_half' needs at least 2 unlabeled images per process "
+                             f"(got {size}); raise data.unlabeled_batch_size or use acm_batch 'extra'")
+        kept = size // 2
+        return {key: value[:kept] if torch.is_tensor(value) or isinstance(value, (list, tuple)) else value
+                for key, value in unlabeled.items()}
 
     def adaptive_cutmix(self, batch: dict, fetched: dict, categories: torch.Tensor, logs: dict):
         """Î = CutMix(Crop(I_1), I_2) (Eq. 8): Crop(I_1) is the bounding box of a connected region of
