@@ -72,6 +72,22 @@ def test_supervised_run_learns_and_beats_chance(data_root, tmp_path):
     assert (tmp_path / "sup" / "split" / "labeled.txt").is_file()
 
 
+def test_trainer_takes_a_drivers_datasets_and_initial_weights(data_root, tmp_path):
+    """What DST-CBC's rounds hand the Trainer: their own val / unlabeled sets and the best model so
+    far, loaded before the method is built (so a teacher starts from them too)."""
+    cfg = validate_config(tiny_config(data_root, tmp_path, method="mean_teacher", iterations=1))
+    first = Trainer(cfg, tmp_path / "a")
+    weights = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in first.model.state_dict().items()}
+    val, unlabeled = first.data.labeled, first.data.labeled   # any datasets will do
+    second = Trainer(cfg, tmp_path / "b", val_dataset=val, unlabeled_dataset=unlabeled, initial_weights=weights)
+    assert second.data.val is val and second.data.unlabeled is unlabeled
+    assert second.ctx.unlabeled_dataset is unlabeled
+    for key, value in second.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    teacher = second.method.teacher.model.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in weights.items() if k in teacher)
+
+
 class _Killed(Exception):
     pass
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, config_to_yaml
 from ..data.build import RunData, build_run_data
@@ -104,7 +104,12 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, resume: Optional[Path] = None):
+    def __init__(self, cfg: Config, run_dir: Path, resume: Optional[Path] = None, *,
+                 val_dataset: Optional[Dataset] = None, unlabeled_dataset: Optional[Dataset] = None,
+                 initial_weights: Optional[dict] = None):
+        """``val_dataset`` / ``unlabeled_dataset`` replace the sets built from ``cfg.data`` (a driver
+        such as DST-CBC's rounds supplies its own); ``initial_weights`` (a model state_dict) start a
+        fresh run, and are ignored when resuming."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume_path = resume
@@ -120,10 +125,16 @@ class Trainer:
                                             needs_unlabeled=self.method_cls.uses_unlabeled,
                                             unlabeled_labels=self.method_cls.unlabeled_labels,
                                             run_dir=self.run_dir if self.dist.is_main else None)
+        if val_dataset is not None:
+            self.data.val = val_dataset
+        if unlabeled_dataset is not None:
+            self.data.unlabeled = unlabeled_dataset
         self.spec = self.data.spec
         device = self.dist.device
 
         model = build_model(cfg.model, self.spec.num_classes)
+        if initial_weights is not None and resume is None:
+            model.load_state_dict(initial_weights)
         if self.dist.distributed and device.type == "cuda" and cfg.model.sync_bn:
             model = convert_sync_batchnorm(model)
         model.to(device)

@@ -387,12 +387,8 @@ def train_round(job: RoundJob):
     (not resumed) run starts from the best model so far. Returns the trainer's ``TrainResult``."""
     from ..engine.trainer import Trainer
 
-    trainer = Trainer(job.cfg, job.round_dir, job.resume)
-    trainer.data.val = job.val
-    if job.unlabeled is not None:
-        trainer.data.unlabeled = trainer.ctx.unlabeled_dataset = job.unlabeled
-    if job.resume is None and job.init_state is not None:
-        trainer.model.load_state_dict(job.init_state)
+    trainer = Trainer(job.cfg, job.round_dir, job.resume, val_dataset=job.val, unlabeled_dataset=job.unlabeled,
+                      initial_weights=job.init_state)
     return trainer.fit()
 
 
