@@ -166,12 +166,11 @@ class AEL(TeacherStudentMethod):
 
         # Ŷ: teacher pseudo-labels on the weak unlabeled view (§3.2); ACM's images I_1, fetched by
         # sampled category, are pseudo-labeled in the same forward.
+        if cfg.adaptive_cutmix and cfg.acm_batch == "replace_half":
+            unlabeled = self.keep_half(unlabeled)
         x_u, valid_u = unlabeled["image"], unlabeled["valid"]
         if cfg.adaptive_cutmix:
             with self.ctx.section("extras"):
-                if cfg.acm_batch == "replace_half":
-                    unlabeled = self.keep_half(unlabeled)
-                    x_u, valid_u = unlabeled["image"], unlabeled["valid"]
                 categories, fetched = self.fetch_by_category(x_u.shape[0], logs)
             x_all, valid_all = torch.cat([x_u, fetched["image"]]), torch.cat([valid_u, fetched["valid"]])
         else:
