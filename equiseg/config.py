@@ -107,6 +107,11 @@ class TrainConfig(Section):
     profile: bool = False
     """Synchronize CUDA at timing-section boundaries so the per-step breakdown is exact (slower)."""
     grad_clip: Optional[float] = Field(None, gt=0)
+    pseudo_label_audit: Literal["auto", "on", "off"] = "auto"
+    """Score the unlabeled loss's pseudo-labels against the unlabeled images' masks, per class, at
+    every log step (metrics.jsonl ``pseudo_labels``, TensorBoard, ``equiseg report``). The masks are
+    never given to the method. 'auto': when every unlabeled image has a mask path; 'on': an error
+    otherwise; 'off': never."""
 
 
 class EvalConfig(Section):

@@ -21,7 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "ael"
 ALL_OFF = dict(dynamic_reweighting=False, equalization_sampling=False, adaptive_cutmix=False,
                adaptive_copy_paste=False)
 OFFICIAL = dict(ohem=True, ohem_min_kept=50, labeled_consistency=True, aes_classes="student",
-                loss_normalization="batch", ignored_in_denominator=True, bank_init="random",
+                loss_normalization="batch", loss_denominator="valid", bank_init="random",
                 bank_pooling="pixel", bank_absent="decay", acp_sqrt=True, acp_with_replacement=True,
                 acp_source="random", confidence_threshold=0.3, acm_presence_ratio=0.01)
 
@@ -157,13 +157,13 @@ def test_aes_and_reweighting_switches():
 
     off, *_ = make_method("ael", dynamic_reweighting=False, equalization_sampling=False)
     off.bank.conf.copy_(torch.tensor([0.9, 0.1, 0.5, 0.2]))
-    assert off.unsupervised_loss(logits, target, logs := {}).item() == pytest.approx(plain.item(), rel=1e-6)
+    assert off.unsupervised_loss(logits, target, logs := {})[0].item() == pytest.approx(plain.item(), rel=1e-6)
     assert logs["aes_ratio"] == 1.0 and logs["weight_mean"] == 1.0    # every pixel kept, uniform weights
 
     dr, *_ = make_method("ael", dynamic_reweighting=True, equalization_sampling=False, gamma=2.0)
     w = target["confidence"] ** 2
     expected = torch.stack([(w[i] * ce[i])[kept[i]].sum() / w[i][kept[i]].sum() for i in range(2)]).mean()
-    assert dr.unsupervised_loss(logits, target, {}).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert dr.unsupervised_loss(logits, target, {})[0].item() == pytest.approx(expected.item(), rel=1e-5)
 
     aes, *_ = make_method("ael", dynamic_reweighting=False, equalization_sampling=True)
     aes.bank.conf.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))              # class 0 never sampled

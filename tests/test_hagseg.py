@@ -337,10 +337,10 @@ def test_unlabeled_loss_is_eq_10():
     label[1, :, 3] = IGNORE
     weight = torch.tensor([0.25, 1.0])
     ce = torch.nn.functional.cross_entropy(logits, label, ignore_index=IGNORE, reduction="none")
-    loss = method.unlabeled_loss(logits, {"label": label, "valid": valid}, weight)
+    loss = method.unlabeled_loss(logits, {"label": label, "valid": valid}, weight)[0]
     assert loss.item() == pytest.approx((ce.mean((1, 2)) * weight).mean().item())     # 1/HW, as Eq. 10
     method.cfg.count_padding = False
-    loss = method.unlabeled_loss(logits, {"label": label, "valid": valid}, weight)
+    loss = method.unlabeled_loss(logits, {"label": label, "valid": valid}, weight)[0]
     per_image = ce.flatten(1).sum(1) / valid.flatten(1).sum(1)
     assert loss.item() == pytest.approx((per_image * weight).mean().item())
 

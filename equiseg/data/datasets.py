@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import DataError, EquisegError
 from .spec import IGNORE_INDEX, DatasetSpec, default_palette
 from .synthetic import SYNTHETIC_CLASSES_FILE, SYNTHETIC_SPEC
-from .transforms import eval_transform, resize_pair
+from .transforms import AUDIT_LABEL_KEY, eval_transform, resize_pair
 
 PathLike = Union[str, os.PathLike]
 _SHOW_AT_MOST = 5  # how many offending files an error message lists
@@ -274,16 +274,20 @@ class ListDataset:
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         return i
 
-    def load(self, index: int, seed: Optional[int] = None) -> dict[str, Any]:
-        """The transformed sample of the data contract for ``index`` with augmentation ``seed``."""
+    def load(self, index: int, seed: Optional[int] = None, audit_label: bool = False) -> dict[str, Any]:
+        """The transformed sample of the data contract for ``index`` with augmentation ``seed``.
+
+        ``audit_label``: also the ground truth of an unlabeled image as ``AUDIT_LABEL_KEY``, under the
+        same geometry (the augmentation draws do not depend on it), for the pseudo-label audit."""
         i = self._index(index)
         seed = i if seed is None else int(seed)
         if seed < 0:
             raise ValueError(f"sample seeds must be non-negative, got {seed}")
-        image, label = self.decode(i)
+        audit_label = audit_label and not self.with_labels
+        image, label = self.decode(i, with_label=True if audit_label else None)
         sample: dict[str, Any] = {"image": image, "valid": np.ones(image.shape[:2], dtype=bool)}
         if label is not None:
-            sample["label"] = label
+            sample[AUDIT_LABEL_KEY if audit_label else "label"] = label
         sample = self.transform(sample, np.random.default_rng((seed, i)))
         sample["index"] = i
         sample["name"] = self._names[i]
@@ -296,9 +300,32 @@ class ListDataset:
             return self.load(key[0], key[1])
         return self.load(key)
 
+    @property
+    def has_label_paths(self) -> bool:
+        """Whether every listed image has a mask path (so an unlabeled set can be audited)."""
+        return all(p.label is not None for p in self._pairs)
+
     def __repr__(self) -> str:
         return (f"ListDataset({self.spec.name}, {len(self)} samples from {self.source}, root={self.root}, "
                 f"with_labels={self.with_labels}, image_scale={self.image_scale})")
+
+
+class WithAuditLabels:
+    """A view of an unlabeled :class:`ListDataset` whose samples also carry ``AUDIT_LABEL_KEY`` (their
+    ground truth). Only the engine's data loader uses it; the trainer takes the key out of each
+    batch before the method sees it, and the method's own dataset handle is the plain dataset."""
+
+    def __init__(self, dataset: ListDataset):
+        if not dataset.has_label_paths:
+            raise DataError(f"{dataset.source}: the pseudo-label audit needs a mask path for every unlabeled image")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        index, seed = key if isinstance(key, (tuple, list)) else (key, None)
+        return self.dataset.load(index, seed, audit_label=True)
 
 
 def _sample_names(images: Sequence[str]) -> list[str]:

@@ -23,9 +23,12 @@ from .augment import StrongPhotometric
 from .spec import IGNORE_INDEX, DatasetSpec
 
 Sample = dict[str, Any]
-# Keys that hold per-pixel arrays and therefore follow every geometric operation.
+# Keys that hold per-pixel arrays and therefore follow every geometric operation. ``audit_label``
+# is an unlabeled image's ground truth, loaded only to score pseudo-labels (never trained on).
+AUDIT_LABEL_KEY = "audit_label"
 _IMAGE_KEYS = ("image", "image_strong")
-_MASK_KEYS = ("label", "valid")
+_LABEL_KEYS = ("label", AUDIT_LABEL_KEY)
+_MASK_KEYS = _LABEL_KEYS + ("valid",)
 
 
 def _resize(sample: Sample, height: int, width: int) -> Sample:
@@ -99,8 +102,9 @@ def _pad_to(sample: Sample, height: int, width: int, fill_rgb: np.ndarray, ignor
             padded[...] = fill_rgb
             padded[:h, :w] = sample[key]
             out[key] = padded
-    if "label" in sample:
-        out["label"] = np.pad(sample["label"], ((0, ph), (0, pw)), constant_values=ignore_index)
+    for key in _LABEL_KEYS:
+        if key in sample:
+            out[key] = np.pad(sample[key], ((0, ph), (0, pw)), constant_values=ignore_index)
     out["valid"] = np.pad(sample["valid"], ((0, ph), (0, pw)), constant_values=False)
     return out
 
@@ -214,8 +218,9 @@ class ToTensor:
         for key in _IMAGE_KEYS:
             if key in sample:
                 out[key] = self._normalize(sample[key])
-        if "label" in sample:
-            out["label"] = torch.from_numpy(np.ascontiguousarray(sample["label"]).astype(np.int64))
+        for key in _LABEL_KEYS:
+            if key in sample:
+                out[key] = torch.from_numpy(np.ascontiguousarray(sample[key]).astype(np.int64))
         out["valid"] = torch.from_numpy(np.ascontiguousarray(sample["valid"]).astype(bool))
         return out
 

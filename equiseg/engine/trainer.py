@@ -23,13 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, config_to_yaml
 from ..data.build import RunData, build_run_data
+from ..data.datasets import ListDataset, WithAuditLabels
+from ..data.transforms import AUDIT_LABEL_KEY
+from ..errors import DataError
+from ..evaluation.pseudo_label_audit import PseudoLabelAudit, flatten_record
 from ..evaluation.evaluator import evaluate
 from ..methods import method_class
 from ..methods.base import Method, MethodContext, StepOutput, unwrap
 from ..models import build_model, convert_sync_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers,
-                          init_distributed)
+from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, all_reduce_sum_tensor, barrier,
+                          broadcast_buffers, init_distributed)
 from .optim import build_optimizer, build_scheduler
 from .sampler import InfiniteBatchSampler
 from .timing import StepTimer
@@ -37,6 +41,8 @@ from .timing import StepTimer
 log = logging.getLogger("equiseg")
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
+AUDIT_RECORD = "pseudo_labels"
+"""metrics.jsonl key (and TensorBoard prefix) of the pseudo-label audit's records."""
 
 
 def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
@@ -131,6 +137,7 @@ class Trainer:
             self.data.unlabeled = unlabeled_dataset
         self.spec = self.data.spec
         device = self.dist.device
+        self.audit = self._make_audit()
 
         model = build_model(cfg.model, self.spec.num_classes)
         if initial_weights is not None and resume is None:
@@ -171,6 +178,20 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def _make_audit(self) -> Optional[PseudoLabelAudit]:
+        """The pseudo-label audit when ``train.pseudo_label_audit`` asks for it and the unlabeled
+        images have masks (never for offline pseudo-labels, whose 'label' is the target itself)."""
+        mode = self.cfg.train.pseudo_label_audit
+        unlabeled = self.data.unlabeled
+        if mode == "off" or unlabeled is None or self.method_cls.unlabeled_labels:
+            return None
+        if not isinstance(unlabeled, ListDataset) or not unlabeled.has_label_paths:
+            if mode == "on":
+                raise DataError("train.pseudo_label_audit is 'on' but the unlabeled images have no mask paths "
+                                "to score pseudo-labels against")
+            return None
+        return PseudoLabelAudit(self.spec.num_classes, self.spec.ignore_index)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:
@@ -272,7 +293,8 @@ class Trainer:
                                         LABELED_STREAM, self.iteration, d.num_workers))
         unlabeled = None
         if self.method_cls.uses_unlabeled:
-            unlabeled = iter(_infinite_loader(self.data.unlabeled, d.unlabeled_batch_size or d.batch_size,
+            source = WithAuditLabels(self.data.unlabeled) if self.audit is not None else self.data.unlabeled
+            unlabeled = iter(_infinite_loader(source, d.unlabeled_batch_size or d.batch_size,
                                               self.dist, cfg.run.seed, UNLABELED_STREAM, self.iteration,
                                               d.num_workers))
         return labeled, unlabeled
@@ -283,7 +305,12 @@ class Trainer:
         with self.timer.section("data"):
             labeled = to_device(next(labeled_iter), self.dist.device)
             unlabeled = to_device(next(unlabeled_iter), self.dist.device) if unlabeled_iter else None
+        # The unlabeled images' masks go to the audit only; the method never sees them.
+        truth = unlabeled.pop(AUDIT_LABEL_KEY, None) if unlabeled is not None else None
         out = self.method.training_step(labeled, unlabeled, it)
+        if truth is not None and out.pseudo_targets is not None:
+            t = out.pseudo_targets
+            self.audit.update(t.label, t.weight, t.origin, truth)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"loss is {out.loss.item()} at iteration {it}; "
                                      "lower optim.lr or check the data (see train.log)")
@@ -348,11 +375,19 @@ class Trainer:
     def _log_window(self, window: dict[str, list[float]], lr: float) -> None:
         means = {k: sum(v) / len(v) for k, v in window.items()}
         means = all_reduce_mean(means, self.dist.device)
+        pseudo_labels = None
+        if self.audit is not None:
+            self.audit.load_state(all_reduce_sum_tensor(self.audit.state(), self.dist.device))
+            pseudo_labels = self.audit.summary(self.spec.class_names, self.spec.tail_ids)
         timing = self.timer.mean_ms()
         self.timer.reset()
         if not self.dist.is_main:
             return
         record = {"iteration": self.iteration, "lr": lr, **means, "time_ms": timing}
+        if pseudo_labels is not None:
+            record[AUDIT_RECORD] = pseudo_labels
+            for k, v in flatten_record(pseudo_labels, AUDIT_RECORD).items():
+                self.writer.add_scalar(k, v, self.iteration)
         self._write_metrics(record)
         for k, v in means.items():
             self.writer.add_scalar(f"train/{k}", v, self.iteration)

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .base import MethodContext, StepOutput, register_method
+from .base import MethodContext, PseudoTargets, StepOutput, register_method
 from .components import (ClassPresenceBank, ConfidenceBank, PseudoLabelConfig, TeacherStudentMethod,
                          class_region_masks, copy_paste_mask, equalization_sampling_mask, large_scale_jitter,
                          masked_mean, paste, pixel_cross_entropy, random_boxes, reweighting_weights,
@@ -98,11 +98,17 @@ class AELConfig(PseudoLabelConfig):
     acp_with_replacement: bool = False
     """Official code: draw K classes with replacement and de-duplicate (≤ K distinct)."""
 
+    # -- beyond the paper
+    adaptive_threshold: bool = False
+    """Class-adaptive thresholds from the confidence bank: a pixel predicted as c is pseudo-labeled
+    when its confidence reaches τ_c = τ · M(Conf^c / max Conf), M(x) = x / (2 - x), with τ =
+    ``confidence_threshold`` (FlexMatch's warping [Zhang et al. 2021] on AEL's own bank; not in the
+    paper). A global τ such as 0.95 keeps the confident head classes and drops nearly every tail
+    pixel; this lowers the bar exactly for the classes the bank finds weak."""
+
     # -- other official-code behaviours
     loss_normalization: Normalization = "image"
     """L_u normalised per image then averaged (Eq. 12) or over the whole batch ('batch', official)."""
-    ignored_in_denominator: bool = False
-    """Official code: pixels below the confidence threshold still count in the L_u denominator."""
     labeled_consistency: bool = False
     """Official code: also apply L_u to the labeled images against the teacher's pseudo-labels."""
 
@@ -163,6 +169,12 @@ class AEL(TeacherStudentMethod):
                 self.labeled_presence.update(labeled["index"], labeled["label"], min_ratio=0.0)
                 labeled = self.adaptive_copy_paste(labeled, logs)
         x_l, y_l = labeled["image"], labeled["label"]
+        if self.in_warmup(iteration):
+            # Supervised warm-up: L_s only, the bank still learns (Eq. 4-7) so it is full at the switch.
+            out, out_l = self.supervised_step(labeled)
+            self.bank.update(out_l["out"].detach().float().softmax(1), y_l)
+            out.logs.update(logs, **self.bank_logs())
+            return out
 
         # Ŷ: teacher pseudo-labels on the weak unlabeled view (§3.2); ACM's images I_1, fetched by
         # sampled category, are pseudo-labeled in the same forward.
@@ -176,7 +188,7 @@ class AEL(TeacherStudentMethod):
         else:
             x_all, valid_all = x_u, valid_u
         with self.ctx.section("teacher"):
-            y_hat = self.pseudo_labels(x_all, valid_all, cfg.confidence_threshold)
+            y_hat = self.pseudo_labels(x_all, valid_all, self.threshold())
 
         # Strong augmentation: adaptive CutMix (Eq. 8-9), or CutMix among the batch when off.
         with self.ctx.section("extras"):
@@ -186,7 +198,8 @@ class AEL(TeacherStudentMethod):
                                      fetched["index"]])
                 self.unlabeled_presence.update(indices, y_hat.prediction, self.presence_ratio)
                 mixed, boxes = self.adaptive_cutmix(self.unlabeled_sample(x_u, y_hat_u),
-                                                    self.unlabeled_sample(fetched["image"], y_hat_fetched),
+                                                    self.unlabeled_sample(fetched["image"], y_hat_fetched,
+                                                                          from_batch=False),
                                                     categories, logs)
             else:
                 mixed, boxes = self.cutmix_among_batch(self.unlabeled_sample(x_u, y_hat))
@@ -200,11 +213,11 @@ class AEL(TeacherStudentMethod):
         batch_conf = self.bank.update(out_l["out"].detach().float().softmax(1), y_l)
 
         # L_u with adaptive equalization sampling and dynamic re-weighting (Eq. 10-13).
-        loss_u = self.unsupervised_loss(out_u["out"], mixed, logs)
+        loss_u, pseudo_targets = self.unsupervised_loss(out_u["out"], mixed, logs)
         if cfg.labeled_consistency:
             with self.ctx.section("teacher"):
-                y_hat_l = self.pseudo_labels(x_l, labeled["valid"], cfg.confidence_threshold)
-            loss_u = loss_u + self.unsupervised_loss(out_l["out"], self.unlabeled_sample(x_l, y_hat_l), {})
+                y_hat_l = self.pseudo_labels(x_l, labeled["valid"], self.threshold())
+            loss_u = loss_u + self.unsupervised_loss(out_l["out"], self.unlabeled_sample(x_l, y_hat_l), {})[0]
 
         loss = loss_s + cfg.alpha * loss_u                                       # Eq. 3
         logs.update({"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(),
@@ -214,7 +227,16 @@ class AEL(TeacherStudentMethod):
                      "bank_conf_mean": self.bank.conf.mean(), "bank_conf_min": self.bank.conf.min(),
                      "batch_conf_mean": batch_conf.nan_to_num(0).sum() / batch_conf.isfinite().sum().clamp_min(1),
                      **self.bank_logs()})
-        return StepOutput(loss=loss, logs=logs)
+        if cfg.adaptive_threshold:
+            logs["threshold_min"] = self.threshold().min()
+        pseudo_targets.weight.mul_(cfg.alpha)
+        return StepOutput(loss=loss, logs=logs, pseudo_targets=pseudo_targets)
+
+    def threshold(self):
+        """τ, or the class-adaptive τ_c from the confidence bank (``adaptive_threshold``)."""
+        if self.cfg.adaptive_threshold:
+            return self.bank.class_thresholds(self.cfg.confidence_threshold)
+        return self.cfg.confidence_threshold
 
     def bank_logs(self) -> dict[str, float]:
         """``bank/<class name>``: Conf^c of every category, so the bank's course over training can be
@@ -310,9 +332,10 @@ class AEL(TeacherStudentMethod):
         return paste(boxes, batch, fetched), boxes
 
     # ------------------------------------------------------------------ L_u
-    def unsupervised_loss(self, logits: torch.Tensor, target: dict, logs: dict) -> torch.Tensor:
+    def unsupervised_loss(self, logits: torch.Tensor, target: dict, logs: dict) -> tuple[torch.Tensor, PseudoTargets]:
         """L_u = 1/N_u Σ_i 1/(Σ_j w_ij) Σ_j w_ij ℓ_ce(ŷ_ij, p_ij), w_ij = max_c(p_ij^c)^γ 𝟙_ij
-        (Eq. 11-13); with both components off, Eq. 2."""
+        (Eq. 11-13); with both components off, Eq. 2. With ``loss_denominator: valid`` the pixels
+        below the threshold keep their w_ij in the denominator (the official code)."""
         cfg, ignore = self.cfg, self.ctx.ignore_index
         ce = pixel_cross_entropy(logits, target["label"], ignore)
         pseudo_labeled = target["label"] != ignore
@@ -328,10 +351,11 @@ class AEL(TeacherStudentMethod):
         modulation = (reweighting_weights(target["confidence"], cfg.gamma) if cfg.dynamic_reweighting
                       else torch.ones_like(ce))
         weight = modulation * (sampled & pseudo_labeled)
-        denominator = modulation * sampled if cfg.ignored_in_denominator else None
+        denominator = modulation * sampled if cfg.loss_denominator == "valid" else None
         logs["aes_ratio"] = masked_mean(sampled.float(), pseudo_labeled)
         logs["weight_mean"] = masked_mean(weight, pseudo_labeled)
-        return weighted_mean(ce, weight, denominator, cfg.loss_normalization)          # Eq. 12
+        loss = weighted_mean(ce, weight, denominator, cfg.loss_normalization)          # Eq. 12
+        return loss, self.pseudo_targets(target, weight, denominator, cfg.loss_normalization)
 
     # ------------------------------------------------------------------ helpers
     def _load(self, dataset, index: int, device: torch.device) -> dict:

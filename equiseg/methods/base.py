@@ -53,12 +53,36 @@ class MethodContext:
 
 
 @dataclass
+class PseudoTargets:
+    """What a step's unlabeled loss trained on, per trained pixel (B', H, W), for the engine's
+    pseudo-label audit only (it never feeds back into training).
+
+    ``label``: the pixel's pseudo-label (``ignore_index``: none); ``weight``: its share a_ij of L_u
+    (L_u = Σ a_ij ℓ_ij); ``origin``: the flat index of the pixel of the loaded unlabeled batch it
+    was cut from, -1 when it came from elsewhere (e.g. AEL's fetched images)."""
+
+    label: torch.Tensor
+    weight: torch.Tensor
+    origin: torch.Tensor
+
+    @staticmethod
+    def concat(parts: list["PseudoTargets"], scales: Optional[list[float]] = None) -> "PseudoTargets":
+        """Several branches' targets as one, each branch's weights times its factor in the loss."""
+        scales = scales or [1.0] * len(parts)
+        return PseudoTargets(torch.cat([p.label for p in parts]),
+                             torch.cat([p.weight * s for p, s in zip(parts, scales)]),
+                             torch.cat([p.origin for p in parts]))
+
+
+@dataclass
 class StepOutput:
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
     """Scalars to log (floats or 0-d tensors; the engine detaches and averages them)."""
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Optional visuals for TensorBoard (e.g. pseudo-labels), logged on sample steps."""
+    pseudo_targets: Optional[PseudoTargets] = None
+    """The unlabeled loss's targets, for the pseudo-label audit (None on labeled-only steps)."""
 
 
 class Method(nn.Module):

@@ -24,6 +24,8 @@ class CutMix(TeacherStudentMethod):
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
+        if self.in_warmup(iteration):
+            return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
         x_u = unlabeled["image"]
 
@@ -38,10 +40,13 @@ class CutMix(TeacherStudentMethod):
 
         loss_s = self.labeled_loss(out_l, y_l)                                  # Eq. 1
         pseudo_labeled = mixed["label"] != ignore
-        loss_u = weighted_mean(pixel_cross_entropy(out_u["out"], mixed["label"], ignore), pseudo_labeled)  # Eq. 2
+        denominator = self.unsupervised_denominator(mixed)
+        loss_u = weighted_mean(pixel_cross_entropy(out_u["out"], mixed["label"], ignore), pseudo_labeled,
+                               denominator)                                     # Eq. 2
         loss = loss_s + cfg.alpha * loss_u                                      # Eq. 3
         logs = {"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(),
                 "pl_conf": masked_mean(mixed["confidence"], mixed["valid"]),
                 "pl_ratio": masked_mean(pseudo_labeled.float(), mixed["valid"]),
                 "mix_ratio": boxes.float().mean()}
-        return StepOutput(loss=loss, logs=logs)
+        return StepOutput(loss=loss, logs=logs,
+                          pseudo_targets=self.pseudo_targets(mixed, pseudo_labeled * cfg.alpha, denominator))

@@ -16,7 +16,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from .base import StepOutput, register_method
-from .components import PseudoLabelConfig, TeacherStudentMethod, masked_mean, pixel_cross_entropy, weighted_mean
+from .components import LossDenominator, PseudoLabelConfig, TeacherStudentMethod, masked_mean, pixel_cross_entropy, weighted_mean
 
 FIXMATCH_THRESHOLD = 0.95
 
@@ -25,6 +25,8 @@ class FixMatchConfig(PseudoLabelConfig):
     name: Literal["fixmatch"] = "fixmatch"
     confidence_threshold: float = Field(FIXMATCH_THRESHOLD, ge=0, le=1)
     """τ: pixels whose weak-view confidence is below it are left out of L_u."""
+    loss_denominator: LossDenominator = "valid"
+    """FixMatch's 1/|Ω|: every valid pixel counts in L_u's denominator."""
 
 
 @register_method
@@ -34,6 +36,8 @@ class FixMatch(TeacherStudentMethod):
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
+        if self.in_warmup(iteration):
+            return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
 
         # Pseudo-labels from the weak view, kept where confidence ≥ τ.
@@ -48,10 +52,12 @@ class FixMatch(TeacherStudentMethod):
         loss_s = self.labeled_loss(out_l, y_l)
         confident = mixed["label"] != ignore
         ce = pixel_cross_entropy(out_s["out"], mixed["label"], ignore)
-        loss_u = weighted_mean(ce, confident, denominator=mixed["valid"])
+        denominator = self.unsupervised_denominator(mixed)
+        loss_u = weighted_mean(ce, confident, denominator)
         loss = loss_s + cfg.alpha * loss_u
         logs = {"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(),
                 "pl_conf": masked_mean(mixed["confidence"], mixed["valid"]),
                 "pl_ratio": masked_mean(confident.float(), mixed["valid"]),
                 "mix_ratio": boxes.float().mean()}
-        return StepOutput(loss=loss, logs=logs)
+        return StepOutput(loss=loss, logs=logs,
+                          pseudo_targets=self.pseudo_targets(mixed, confident * cfg.alpha, denominator))

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..data.intensity import IntensityAugment
-from .base import MethodContext, StepOutput, register_method, unwrap
+from .base import MethodContext, PseudoTargets, StepOutput, register_method, unwrap
 from .components import (TeacherStudentConfig, TeacherStudentMethod, make_pseudo_labels, masked_mean,
                          mixing_partners, paste, pixel_cross_entropy, weighted_mean)
 from .components.adaptive_mixing import (CUTMIX_SIDE_RANGE, bernoulli, hard_easy_partners, intensity_mix,
@@ -141,16 +141,20 @@ class HagSeg(TeacherStudentMethod):
         inconsistent with its own "uniform draw higher than γ̄"), or ``cutmix_prob`` for standard CutMix."""
         return float(easiness.mean()) if self.cfg.hardness_cutmix else self.cfg.cutmix_prob
 
-    def unlabeled_loss(self, logits: torch.Tensor, target: dict, image_weight: torch.Tensor) -> torch.Tensor:
+    def unlabeled_loss(self, logits: torch.Tensor, target: dict,
+                       image_weight: torch.Tensor) -> tuple[torch.Tensor, PseudoTargets]:
         """One branch of Eq. 10: (1/B) Σ_i w_i (1/HW) Σ_j 𝟙(max p^t ≥ τ) H(p̂_i(j), p^t_i(j))."""
         ignore = self.ctx.ignore_index
         pseudo_labeled = target["label"] != ignore
         ce = pixel_cross_entropy(logits, target["label"], ignore)
         denominator = torch.ones_like(target["valid"]) if self.cfg.count_padding else target["valid"]
-        return weighted_mean(ce, pseudo_labeled * image_weight.view(-1, 1, 1), denominator=denominator)
+        weight = pseudo_labeled * image_weight.view(-1, 1, 1)
+        return weighted_mean(ce, weight, denominator=denominator), self.pseudo_targets(target, weight, denominator)
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg = self.cfg
+        if self.in_warmup(iteration):
+            return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
         u_w, valid = unlabeled["image"], unlabeled["valid"]
         batch, height, width = valid.shape
@@ -198,8 +202,9 @@ class HagSeg(TeacherStudentMethod):
 
         # Eq. 10: per-image losses weighted by the detached easiness, branches averaged; Eq. 1.
         image_weight = e.detach() if cfg.hardness_loss else torch.ones_like(e)
-        branch_losses = {name: self.unlabeled_loss(out["out"], target, image_weight)
-                         for (name, target), out in zip(branches.items(), out_u)}
+        branch_results = {name: self.unlabeled_loss(out["out"], target, image_weight)
+                          for (name, target), out in zip(branches.items(), out_u)}
+        branch_losses = {name: loss for name, (loss, _) in branch_results.items()}
         loss_u = torch.stack(list(branch_losses.values())).mean()
         loss_x = self.labeled_loss(out_l, y_l)                      # Eq. 3
         loss = loss_x + cfg.alpha * loss_u                                    # Eq. 1
@@ -212,10 +217,12 @@ class HagSeg(TeacherStudentMethod):
                      "wiou_teacher": h.wiou_teacher.mean(), "wiou_student": h.wiou_student.mean(),
                      "pl_conf": masked_mean(y_hat.confidence, valid),
                      "pl_ratio": masked_mean(confident.float(), valid)})
-        return StepOutput(loss=loss, logs=logs)
+        targets = PseudoTargets.concat([t for _, t in branch_results.values()],
+                                       [cfg.alpha / len(branch_results)] * len(branch_results))
+        return StepOutput(loss=loss, logs=logs, pseudo_targets=targets)
 
-    def after_optimizer_step(self, iteration: int) -> None:
+    def ema_step(self, iteration: int):
         # The authors' teacher is the student (decay 0) for the first epoch; EMATeacher's decay at
         # step 0 is 0, so those iterations update as step 0. Then decay min(1 - 1/(t+1), α).
-        step = 0 if iteration < self.cfg.teacher_copy_iterations else iteration
-        self.teacher.update(self.student, step)
+        step = super().ema_step(iteration)
+        return None if step is None else (0 if step < self.cfg.teacher_copy_iterations else step)

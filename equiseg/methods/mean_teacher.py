@@ -33,6 +33,8 @@ class MeanTeacher(TeacherStudentMethod):
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
+        if self.in_warmup(iteration):
+            return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
         x_u, valid_u = unlabeled["image"], unlabeled["valid"]
 
@@ -48,8 +50,11 @@ class MeanTeacher(TeacherStudentMethod):
         else:
             ce = pixel_cross_entropy(out_u["out"], teacher.label, ignore)
             loss_u = weighted_mean(ce, teacher.label != ignore)
-        weight = cfg.alpha * sigmoid_rampup(iteration, cfg.rampup_iterations)
+        weight = cfg.alpha * sigmoid_rampup(iteration - cfg.supervised_warmup, cfg.rampup_iterations)
         loss = loss_s + weight * loss_u
         logs = {"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(), "unsup_weight": weight,
                 "teacher_conf": masked_mean(teacher.confidence, teacher.valid)}
-        return StepOutput(loss=loss, logs=logs)
+        # For the audit, the MSE target counts as the teacher's argmax on every valid pixel.
+        trained = teacher.valid if cfg.consistency == "mse" else teacher.label != ignore
+        return StepOutput(loss=loss, logs=logs,
+                          pseudo_targets=self.pseudo_targets(self.unlabeled_sample(x_u, teacher), trained * weight))

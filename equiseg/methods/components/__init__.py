@@ -3,19 +3,19 @@ pseudo-labels (teacher.py), the teacher-student base (semisup.py), mixing (mixin
 (losses.py), AEL's confidence and class-presence banks (confidence_bank.py), DDP reductions
 (distributed.py) and generator-driven random draws (rng.py)."""
 from .confidence_bank import ClassPresenceBank, ConfidenceBank, class_sums, pixel_indicator
-from .losses import (Ohem, equalization_sampling_mask, pixel_cross_entropy, reweighting_weights,
+from .losses import (Ohem, equalization_sampling_mask, normalized_weights, pixel_cross_entropy, reweighting_weights,
                      sigmoid_rampup, softmax_mse, supervised_loss, weighted_mean)
 from .mixing import (class_region_masks, connected_components, copy_paste_mask, large_scale_jitter,
                      mixing_partners, paste, random_boxes)
-from .semisup import PseudoLabelConfig, TeacherStudentConfig, TeacherStudentMethod, masked_mean
+from .semisup import LossDenominator, PseudoLabelConfig, TeacherStudentConfig, TeacherStudentMethod, masked_mean
 from .teacher import EMATeacher, PseudoLabels, make_pseudo_labels
 
 __all__ = [
     "ClassPresenceBank", "ConfidenceBank", "class_sums", "pixel_indicator",
-    "Ohem", "equalization_sampling_mask", "pixel_cross_entropy", "reweighting_weights", "sigmoid_rampup",
+    "Ohem", "equalization_sampling_mask", "normalized_weights", "pixel_cross_entropy", "reweighting_weights", "sigmoid_rampup",
     "softmax_mse", "supervised_loss", "weighted_mean",
     "class_region_masks", "connected_components", "copy_paste_mask", "large_scale_jitter",
     "mixing_partners", "paste", "random_boxes",
-    "PseudoLabelConfig", "TeacherStudentConfig", "TeacherStudentMethod", "masked_mean",
+    "LossDenominator", "PseudoLabelConfig", "TeacherStudentConfig", "TeacherStudentMethod", "masked_mean",
     "EMATeacher", "PseudoLabels", "make_pseudo_labels",
 ]

@@ -120,6 +120,18 @@ class ConfidenceBank(nn.Module):
             return torch.ones_like(deficiency)
         return (deficiency / top).pow(beta)
 
+    def class_thresholds(self, tau: float) -> torch.Tensor:
+        """Class-adaptive pseudo-label thresholds τ_c = τ · M(Conf^c / max_k Conf^k), M(x) = x / (2 - x):
+        FlexMatch's normalised learning effect and convex warping [Zhang et al., NeurIPS 2021, Eq. 6-7],
+        with the bank's Conf^c as the learning effect. The best-learned class keeps τ; a class the
+        student is unsure of gets a lower bar, so its pixels can enter L_u at all. All τ while the
+        bank is empty."""
+        top = self.conf.max()
+        if top <= 0:
+            return torch.full_like(self.conf, tau)
+        x = (self.conf / top).clamp(0, 1)
+        return tau * x / (2.0 - x)
+
 
 class ClassPresenceBank(nn.Module):
     """Which classes each image of a dataset holds: ``present`` (num_images, C) uint8, 1 where the

@@ -42,6 +42,19 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor, denominator: Optio
     return per_image.mean()
 
 
+def normalized_weights(weight: torch.Tensor, denominator: Optional[torch.Tensor] = None,
+                       normalization: Normalization = "image") -> torch.Tensor:
+    """The factor a_ij of each value in :func:`weighted_mean` (the loss is Σ_ij a_ij v_ij): what
+    share of the loss a pixel carries, for the pseudo-label audit's per-class weight shares."""
+    weight = weight.float()
+    denominator = weight if denominator is None else denominator.float()
+    if normalization == "batch":
+        total = denominator.sum()
+        return weight / total if total > 0 else weight * 0
+    per_image = denominator.flatten(1).sum(1).view(-1, *([1] * (weight.dim() - 1)))
+    return torch.where(per_image > 0, weight / per_image.clamp_min(1e-12), weight * 0) / weight.shape[0]
+
+
 def reweighting_weights(confidence: torch.Tensor, gamma: float) -> torch.Tensor:
     """Dynamic re-weighting modulating factor max_c(p_ij^c)^γ (Eq. 13, before 𝟙_ij)."""
     return confidence.detach().float().pow(gamma)
@@ -63,18 +76,26 @@ class Ohem:
 
     threshold: float = 0.7
     min_kept: int = 100_000
+    min_kept_fraction: Optional[float] = None
+    """When set, min_kept is this fraction of the batch's labeled pixels (replaces ``min_kept``)."""
+
+    def kept_at_least(self, num_valid: int) -> int:
+        if self.min_kept_fraction is not None:
+            return max(1, int(self.min_kept_fraction * num_valid))
+        return self.min_kept
 
 
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, ohem: Ohem) -> torch.Tensor:
     ce = pixel_cross_entropy(logits, target, ignore_index)
     valid = target != ignore_index
     num_valid = int(valid.sum())
-    if num_valid == 0 or ohem.min_kept >= num_valid:
+    min_kept = ohem.kept_at_least(num_valid)
+    if num_valid == 0 or min_kept >= num_valid:
         return weighted_mean(ce, valid, normalization="batch")
     with torch.no_grad():
         gt = target.masked_fill(~valid, 0).unsqueeze(1)
         gt_prob = logits.float().softmax(1).gather(1, gt).squeeze(1)[valid]
-        kth = gt_prob.kthvalue(max(ohem.min_kept, 1)).values if ohem.min_kept > 0 else gt_prob.new_tensor(0.0)
+        kth = gt_prob.kthvalue(max(min_kept, 1)).values if min_kept > 0 else gt_prob.new_tensor(0.0)
         threshold = torch.maximum(kth, gt_prob.new_tensor(ohem.threshold))
         hard = torch.zeros_like(valid)
         hard[valid] = gt_prob <= threshold

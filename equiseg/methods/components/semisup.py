@@ -6,7 +6,7 @@ and unlabeled images, and CutMix among the unlabeled images of a batch.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
@@ -14,7 +14,8 @@ from torch import nn
 
 from ...config import MethodConfig
 from ..base import Method, MethodContext, unwrap
-from .losses import Ohem, supervised_loss
+from ..base import PseudoTargets, StepOutput
+from .losses import Ohem, normalized_weights, supervised_loss
 from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
 from .teacher import BatchNormMode, BufferMode, EMATeacher, PseudoLabels, make_pseudo_labels
 
@@ -46,13 +47,29 @@ class TeacherStudentConfig(MethodConfig):
     """OHEM cross-entropy for L_s, as the official AEL and iMAS Cityscapes code (not in the papers)."""
     ohem_threshold: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: int = Field(100_000, ge=0)
+    """OHEM keeps at least this many pixels (official AEL: 100,000 for 8 crops of 769² per GPU)."""
+    ohem_min_kept_fraction: Optional[float] = Field(None, gt=0, le=1)
+    """Instead of ``ohem_min_kept``: keep at least this fraction of the batch's labeled pixels, so
+    OHEM means the same at any crop and batch size (the official 100,000 of 8 x 769² crops is 2.1 %
+    of the pixels per GPU; on a 4 x 128 x 160 CPU batch 100,000 is more than every pixel)."""
+    supervised_warmup: int = Field(0, ge=0)
+    """Labeled-only iterations before the unlabeled loss starts (U2PL's ``sup_only_epoch``): the
+    student learns from L_s alone, then the teacher becomes a copy of it (parameters and BatchNorm
+    buffers) and its EMA restarts. 0: L_u from iteration 0, as in the papers. On short schedules a
+    teacher that starts as an ImageNet backbone with a random head labels no rare class, and the
+    student learns those wrong labels from the first step (docs/semisup_cpu.md)."""
 
     @model_validator(mode="after")
     def _teacher_consistent(self):
+        if self.ohem_min_kept_fraction is not None and not self.ohem:
+            raise ValueError("ohem_min_kept_fraction is set but ohem is false")
         if self.ema_buffers == "teacher" and self.teacher_bn == "eval":
             raise ValueError("ema_buffers 'teacher' needs teacher_bn 'train' (an eval-mode teacher never "
                              "updates its BatchNorm statistics); use ema_buffers 'copy' or 'ema'")
         return self
+
+
+LossDenominator = Literal["pseudo_labeled", "valid"]
 
 
 class PseudoLabelConfig(TeacherStudentConfig):
@@ -62,6 +79,11 @@ class PseudoLabelConfig(TeacherStudentConfig):
     """Pixels whose teacher confidence is below this get no pseudo-label (0 keeps every pixel)."""
     cutmix_area: float = Field(CUTMIX_AREA, gt=0, le=1)
     """Area of a random CutMix box as a fraction of the image (CutMix-Seg / official AEL: 0.5)."""
+    loss_denominator: LossDenominator = "pseudo_labeled"
+    """What L_u is divided by: the weight of the pseudo-labeled pixels only ('pseudo_labeled', AEL
+    Eq. 2 / 12), or of every valid pixel, those below the confidence threshold included ('valid':
+    FixMatch / UniMatch, and the official AEL code), so that a batch with few confident pixels
+    gets a small unlabeled loss instead of a full-weight one on those few."""
 
 
 class TeacherStudentMethod(Method):
@@ -72,7 +94,8 @@ class TeacherStudentMethod(Method):
     def __init__(self, cfg: TeacherStudentConfig, student: nn.Module, ctx: MethodContext):
         super().__init__(cfg, student, ctx)
         self.teacher = EMATeacher(student, cfg.ema_momentum, cfg.ema_buffers, cfg.teacher_bn)
-        self.ohem = Ohem(cfg.ohem_threshold, cfg.ohem_min_kept) if cfg.ohem else None
+        self.ohem = (Ohem(cfg.ohem_threshold, cfg.ohem_min_kept, cfg.ohem_min_kept_fraction)
+                     if cfg.ohem else None)
         # The run's generator (CPU, checkpointed by the engine); a fixed one when run standalone.
         self.generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
 
@@ -105,14 +128,55 @@ class TeacherStudentMethod(Method):
         boxes = random_boxes(b, h, w, self.generator, self.cfg.cutmix_area, device=sample["valid"].device)
         return paste(boxes, sample, select(sample, partners)), boxes
 
-    def unlabeled_sample(self, image: torch.Tensor, pseudo: PseudoLabels) -> dict:
-        """An unlabeled image with its pseudo-labels, as one mixable sample."""
+    def unlabeled_sample(self, image: torch.Tensor, pseudo: PseudoLabels, from_batch: bool = True) -> dict:
+        """An unlabeled image with its pseudo-labels, as one mixable sample. ``origin`` follows every
+        mix: the flat index of each pixel in the loaded unlabeled batch (-1 for images from
+        elsewhere), so the engine's pseudo-label audit can find a trained pixel's true class."""
+        origin = (torch.arange(pseudo.valid.numel(), device=pseudo.valid.device).view(pseudo.valid.shape)
+                  if from_batch else torch.full_like(pseudo.valid, -1, dtype=torch.long))
         return {"image": image, "label": pseudo.label, "prediction": pseudo.prediction,
-                "confidence": pseudo.confidence, "valid": pseudo.valid}
+                "confidence": pseudo.confidence, "valid": pseudo.valid, "origin": origin}
+
+    def unsupervised_denominator(self, target: dict) -> Optional[torch.Tensor]:
+        """The normaliser of L_u by ``cfg.loss_denominator`` (None: the loss weights themselves)."""
+        return target["valid"] if self.cfg.loss_denominator == "valid" else None
+
+    @staticmethod
+    def pseudo_targets(target: dict, weight: torch.Tensor, denominator: Optional[torch.Tensor] = None,
+                       normalization: str = "image") -> PseudoTargets:
+        """What L_u trained on, for the engine's audit: each pixel's pseudo-label and its share of L_u."""
+        origin = target.get("origin")
+        if origin is None:  # a sample built without provenance: no pixel is traceable
+            origin = torch.full_like(target["label"], -1)
+        return PseudoTargets(label=target["label"].detach(), origin=origin,
+                             weight=normalized_weights(weight.detach(), None if denominator is None
+                                                       else denominator.detach(), normalization))
+
+    # ---- supervised warm-up
+    def in_warmup(self, iteration: int) -> bool:
+        return iteration < self.cfg.supervised_warmup
+
+    def supervised_step(self, labeled: dict) -> tuple[StepOutput, dict]:
+        """A warm-up step: L_s on the labeled images only (no teacher, no unlabeled forward)."""
+        with self.ctx.section("student"):
+            (out_l,) = self.student_forward(labeled["image"])
+        loss_s = self.labeled_loss(out_l, labeled["label"])
+        return StepOutput(loss=loss_s, logs={"loss_sup": loss_s.detach(), "loss_unsup": 0.0}), out_l
 
     # ---- the engine's hooks
+    def ema_step(self, iteration: int) -> Optional[int]:
+        """The EMA step t of optimizer step ``iteration`` (decay min(1 - 1/(t+1), m)); None: no update.
+        The EMA counts from the end of the supervised warm-up."""
+        t = iteration - self.cfg.supervised_warmup
+        return t if t >= 0 else None
+
     def after_optimizer_step(self, iteration: int) -> None:
-        self.teacher.update(self.student, iteration)
+        if iteration == self.cfg.supervised_warmup - 1:
+            self.teacher.copy_from(self.student)  # the switch: teacher = student, EMA restarts
+            return
+        t = self.ema_step(iteration)
+        if t is not None:
+            self.teacher.update(self.student, t)
 
     def eval_models(self) -> dict[str, nn.Module]:
         models = {"teacher": self.teacher.model, "student": unwrap(self.student)}

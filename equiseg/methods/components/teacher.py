@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Union
 
 import torch
 from torch import nn
@@ -67,6 +67,11 @@ class EMATeacher(nn.Module):
                 t.copy_(s)
 
     @torch.no_grad()
+    def copy_from(self, student: nn.Module) -> None:
+        """Become the student: parameters and buffers (BatchNorm statistics) alike."""
+        self.model.load_state_dict(unwrap(student).state_dict())
+
+    @torch.no_grad()
     def probabilities(self, images: torch.Tensor,
                       autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
                       ) -> torch.Tensor:
@@ -97,12 +102,16 @@ class PseudoLabels:
         return [PseudoLabels(*part) for part in zip(*(t.split(sizes) for t in fields))]
 
 
-def make_pseudo_labels(probs: torch.Tensor, valid: torch.Tensor, threshold: float,
+def make_pseudo_labels(probs: torch.Tensor, valid: torch.Tensor, threshold: Union[float, torch.Tensor],
                        ignore_index: int) -> PseudoLabels:
-    """ŷ = argmax p, confidence = max p; pixels below ``threshold`` or outside ``valid`` (crop
-    padding) are set to ``ignore_index``."""
+    """ŷ = argmax p, confidence = max p; pixels below ``threshold`` (a number, or a (C,) tensor of
+    per-class thresholds indexed by the predicted class) or outside ``valid`` (crop padding) are set
+    to ``ignore_index``."""
     confidence, prediction = probs.max(dim=1)
     valid = valid.bool()
+    if torch.is_tensor(threshold):
+        threshold = threshold.to(probs.device, probs.dtype)[prediction]
     prediction = prediction.masked_fill(~valid, ignore_index)
-    label = prediction.masked_fill(confidence < threshold, ignore_index) if threshold > 0 else prediction
+    thresholded = torch.is_tensor(threshold) or threshold > 0
+    label = prediction.masked_fill(confidence < threshold, ignore_index) if thresholded else prediction
     return PseudoLabels(probs=probs, confidence=confidence, prediction=prediction, label=label, valid=valid)

@@ -1,0 +1,185 @@
+"""The mechanisms that make the semi-supervised methods work on short schedules (supervised warm-up,
+the all-valid-pixel L_u normaliser, class-adaptive thresholds from the confidence bank, OHEM at a
+fraction of the batch) and the pseudo-label audit, which must never reach the loss."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from equiseg.config import validate_config
+from equiseg.data.synthetic import SYNTHETIC_SPEC
+from equiseg.engine.trainer import Trainer
+from equiseg.evaluation.pseudo_label_audit import PseudoLabelAudit
+from equiseg.methods.components import Ohem, make_pseudo_labels, pixel_cross_entropy
+from equiseg.methods.components.confidence_bank import ConfidenceBank
+from equiseg.methods.components.losses import ohem_cross_entropy
+
+try:
+    from test_semisup_helpers import IGNORE, NUM_CLASSES, batches, make_method
+    from test_training import data_root, tiny_config  # noqa: F401  (the module-scoped fixture)
+except ImportError:  # tests/ collected as a package
+    from tests.test_semisup_helpers import IGNORE, NUM_CLASSES, batches, make_method
+    from tests.test_training import data_root, tiny_config  # noqa: F401
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", ["cutmix", "fixmatch", "ael", "hagseg", "mean_teacher"])
+def test_supervised_warmup_then_teacher_is_student_at_the_switch(name):
+    method, student, labeled, unlabeled = make_method(name, supervised_warmup=3, ema_momentum=0.99)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    initial_teacher = {k: v.clone() for k, v in method.teacher.model.state_dict().items()}
+    student.train()
+    for it in range(5):
+        l_batch, u_batch = batches(labeled, unlabeled, it)
+        out = method.training_step(l_batch, u_batch, it)
+        if it < 3:  # warm-up: L_s alone, no unlabeled targets
+            assert float(out.logs["loss_unsup"]) == 0.0 and out.pseudo_targets is None
+        else:
+            assert out.pseudo_targets is not None
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(it)
+        if it < 2:  # the teacher waits during the warm-up
+            assert all(torch.equal(v, initial_teacher[k]) for k, v in method.teacher.model.state_dict().items())
+        if it == 2:  # the switch: teacher = student, BatchNorm buffers included
+            assert _same_state(method.teacher.model, student)
+        if it == 4:  # the EMA restarted: step 4 is EMA step t = 1 (decay 0.5), not t = 4
+            assert not _same_state(method.teacher.model, student)
+    assert method.ema_step(4) == 1 and method.ema_step(2) is None
+
+
+def test_no_warmup_keeps_the_papers_ema_schedule():
+    method, *_ = make_method("cutmix")
+    assert [method.ema_step(i) for i in range(3)] == [0, 1, 2]
+
+
+def test_all_valid_pixel_normaliser():
+    """L_u = 1/B Σ_i Σ_{j kept} ℓ_ij / |valid_i| ('valid') against Σ_{j kept} ℓ_ij / |kept_i|."""
+    logits = torch.randn(2, NUM_CLASSES, 4, 4, generator=torch.Generator().manual_seed(0))
+    label = torch.randint(NUM_CLASSES, (2, 4, 4), generator=torch.Generator().manual_seed(1))
+    label[0, :2] = IGNORE              # image 0: 8 of 16 pixels below the threshold
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1, :, 0] = False             # image 1: a padded column
+    label[1, :, 0] = IGNORE
+    ce = pixel_cross_entropy(logits, label, IGNORE)
+    by_valid = (ce[0].sum() / 16 + ce[1].sum() / 12) / 2
+    by_kept = (ce[0].sum() / 8 + ce[1].sum() / 12) / 2
+    for denominator, expected in (("valid", by_valid), ("pseudo_labeled", by_kept)):
+        method, *_ = make_method("cutmix", loss_denominator=denominator)
+        target = {"label": label, "valid": valid}
+        weight = label != IGNORE
+        from equiseg.methods.components import weighted_mean
+        loss = weighted_mean(ce, weight, method.unsupervised_denominator(target))
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        # the audit's per-pixel shares add up to the loss
+        shares = method.pseudo_targets({**target, "origin": torch.zeros_like(label)}, weight,
+                                       method.unsupervised_denominator(target)).weight
+        assert (shares * ce).sum().item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_class_adaptive_thresholds_on_a_hand_computed_bank():
+    bank = ConfidenceBank(4, IGNORE, momentum=0.9)
+    assert torch.allclose(bank.class_thresholds(0.9), torch.full((4,), 0.9))   # empty bank: global τ
+    bank.conf.copy_(torch.tensor([0.9, 0.45, 0.0, 0.3]))
+    # x = Conf / max = [1, 1/2, 0, 1/3]; M(x) = x / (2 - x) = [1, 1/3, 0, 1/5]; τ_c = 0.9 M(x).
+    expected = torch.tensor([0.9, 0.3, 0.0, 0.18])
+    assert torch.allclose(bank.class_thresholds(0.9), expected)
+    # Per-class thresholds in the pseudo-labels: class 1 at 0.35 passes its 0.3, class 0 at 0.85 fails 0.9.
+    probs = torch.zeros(1, 4, 1, 2)
+    probs[0, :, 0, 0] = torch.tensor([0.85, 0.05, 0.05, 0.05])
+    probs[0, :, 0, 1] = torch.tensor([0.3, 0.35, 0.2, 0.15])
+    pl = make_pseudo_labels(probs, torch.ones(1, 1, 2, dtype=torch.bool), expected, IGNORE)
+    assert pl.label.tolist() == [[[IGNORE, 1]]]
+    method, *_ = make_method("ael", adaptive_threshold=True, confidence_threshold=0.9)
+    method.bank.conf.copy_(torch.tensor([0.9, 0.45, 0.0, 0.3]))
+    assert torch.allclose(method.threshold(), expected)
+
+
+def test_ohem_min_kept_scales_with_the_batch():
+    ohem = Ohem(threshold=0.0, min_kept=100_000, min_kept_fraction=0.25)
+    assert ohem.kept_at_least(400) == 100 and ohem.kept_at_least(800) == 200
+    assert Ohem(min_kept=7).kept_at_least(10_000) == 7
+    torch.manual_seed(0)
+    for size in (8, 16):  # the same logits tiled: a batch twice the size keeps twice the pixels
+        logits = torch.randn(1, 3, 8, 8).repeat(1, 1, size // 8, 1)
+        target = torch.zeros(1, size, 8, dtype=torch.long)
+        ce = pixel_cross_entropy(logits, target, IGNORE)
+        kept = ce.flatten().topk(size * 8 // 4).values.mean()   # the hardest quarter
+        assert ohem_cross_entropy(logits, target, IGNORE, ohem).item() == pytest.approx(kept.item(), rel=1e-5)
+    with pytest.raises(Exception, match="ohem is false"):
+        make_method("cutmix", ohem_min_kept_fraction=0.1)
+
+
+def test_audit_on_a_hand_built_case():
+    audit = PseudoLabelAudit(num_classes=3, ignore_index=IGNORE)
+    truth = torch.tensor([[[0, 0, 1, 2]]])                       # the loaded batch: 1 image of 1 x 4
+    label = torch.tensor([[[0, 1, 1, IGNORE], [0, 0, 0, 0]]])     # 2 trained rows: one traced, one fetched
+    origin = torch.tensor([[[0, 1, 2, 3], [-1, -1, -1, -1]]])
+    weight = torch.tensor([[[0.1, 0.2, 0.3, 0.0], [0.1, 0.1, 0.1, 0.1]]])
+    audit.update(label, weight, origin, truth)
+    s = audit.summary(["a", "b", "c"], tail_ids=[2])
+    assert s["precision"] == {"a": 1.0, "b": 0.5, "c": None}
+    assert s["recall"] == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert s["iou"]["a"] == 0.5 and s["iou"]["b"] == 0.5 and s["iou"]["c"] == 0.0
+    assert s["kept"] == pytest.approx(3 / 4)
+    assert s["weight_share"]["a"] == pytest.approx(0.5) and s["weight_share"]["b"] == pytest.approx(0.5)
+    assert s["wrong_weight"] == pytest.approx(0.2 / 1.0)
+    assert s["untraced_weight"] == pytest.approx(0.4 / 1.0)
+    assert s["tail_miou"] == 0.0 and s["tail_weight_share"] == 0.0
+    assert audit.summary(["a", "b", "c"]) is None                 # summary resets
+
+
+def _audit_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_audit_masks_never_reach_the_method_or_the_loss(data_root, tmp_path, monkeypatch):  # noqa: F811
+    """Same run with the audit on and off: bit-identical losses; the method never gets the masks."""
+    seen_keys: set = set()
+    from equiseg.methods.cutmix import CutMix
+    original = CutMix.training_step
+
+    def spy(self, labeled, unlabeled, iteration):
+        seen_keys.update(unlabeled)
+        return original(self, labeled, unlabeled, iteration)
+
+    monkeypatch.setattr(CutMix, "training_step", spy)
+    runs = {}
+    for mode in ("on", "off"):
+        raw = tiny_config(data_root, tmp_path, method="cutmix", iterations=6, train__pseudo_label_audit=mode,
+                          method__supervised_warmup=2)
+        Trainer(validate_config(raw), tmp_path / mode).fit()
+        runs[mode] = _audit_records(tmp_path / mode)
+    assert "audit_label" not in seen_keys and "label" not in seen_keys
+    on = {r["iteration"]: r for r in runs["on"] if "loss" in r}
+    off = {r["iteration"]: r for r in runs["off"] if "loss" in r}
+    assert [on[i]["loss"] for i in sorted(on)] == [off[i]["loss"] for i in sorted(off)]
+    audited = [r["pseudo_labels"] for i, r in sorted(on.items()) if "pseudo_labels" in r]
+    assert len(audited) == 4 and not any("pseudo_labels" in r for r in off.values())   # none in warm-up
+    record = audited[-1]
+    assert set(record["iou"]) == set(SYNTHETIC_SPEC.class_names)
+    assert 0 <= record["kept"] <= 1 and record["untraced_weight"] == 0.0
+    assert sum(v for v in record["weight_share"].values() if v is not None) == pytest.approx(1.0)
+
+
+def test_audit_needs_a_mask_for_every_unlabeled_image(data_root):  # noqa: F811
+    from equiseg.data.datasets import ListDataset, WithAuditLabels
+    from equiseg.errors import DataError
+    images = [line.split()[0] for line in (data_root / "train.txt").read_text().split("\n") if line.strip()]
+    plain = ListDataset(data_root, images[:3], SYNTHETIC_SPEC, with_labels=False)
+    with pytest.raises(DataError, match="mask path for every unlabeled image"):
+        WithAuditLabels(plain)
+    pairs = [line.split() for line in (data_root / "train.txt").read_text().split("\n") if line.strip()]
+    audited = WithAuditLabels(ListDataset(data_root, pairs[:3], SYNTHETIC_SPEC, with_labels=False))
+    sample = audited[(1, 5)]
+    assert "label" not in sample and sample["audit_label"].shape == sample["valid"].shape
+    plain_sample = audited.dataset.load(1, 5)
+    assert torch.equal(plain_sample["image"], sample["image"])   # the masks change no augmentation draw
