@@ -91,6 +91,19 @@ def test_report_of_an_ael_run_shows_its_files(ael_run, tmp_path):
         assert f"<title>{name}, iteration" in bank
         assert f">{final[f'bank/{name}']:.3f}</text>" in bank
 
+    # The pseudo-label audit beside the bank (the synthetic unlabeled images have masks): per-class
+    # heat maps with each class's last IoU at the right.
+    from equiseg.report.svg import percent
+    audited = [r["pseudo_labels"] for r in records if "pseudo_labels" in r]
+    assert audited
+    quality = section(page, "pseudo-labels")
+    assert quality.count("<svg") == 5                       # IoU, precision, recall, weight share, summary
+    for name in names:
+        assert f"<title>{name}, iteration" in quality
+    last_iou = next(v for v in (audited[-1]["iou"][n] for n in names) if v is not None)
+    assert f">{percent(last_iou)}</text>" in quality
+    assert page.index('<section id="bank">') < page.index('<section id="pseudo-labels">')
+
     curves = section(page, "curves")
     assert curves.count("<svg") == 3 and "teacher mIoU" in curves  # loss, LR, val mIoU (AEL reports the teacher)
     samples = section(page, "samples")

@@ -26,7 +26,7 @@ from ..data.build import RunData, build_run_data
 from ..data.datasets import ListDataset, WithAuditLabels
 from ..data.transforms import AUDIT_LABEL_KEY
 from ..errors import DataError
-from ..evaluation.pseudo_label_audit import PseudoLabelAudit, flatten_record
+from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PseudoLabelAudit, flatten_record
 from ..evaluation.evaluator import evaluate
 from ..methods import method_class
 from ..methods.base import Method, MethodContext, StepOutput, unwrap
@@ -41,8 +41,6 @@ from .timing import StepTimer
 log = logging.getLogger("equiseg")
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
-AUDIT_RECORD = "pseudo_labels"
-"""metrics.jsonl key (and TensorBoard prefix) of the pseudo-label audit's records."""
 
 
 def seed_everything(seed: int, rank: int, deterministic: bool) -> None:

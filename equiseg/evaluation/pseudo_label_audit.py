@@ -22,6 +22,11 @@ from typing import Optional, Sequence
 
 import torch
 
+AUDIT_RECORD = "pseudo_labels"
+"""Key of the audit's records in metrics.jsonl (and their TensorBoard prefix)."""
+PER_CLASS_KEYS = ("iou", "precision", "recall", "weight_share")
+SUMMARY_KEYS = ("miou", "tail_miou", "kept", "wrong_weight", "tail_weight_share", "untraced_weight")
+
 
 class PseudoLabelAudit:
     """Sums over steps; :meth:`summary` turns them into the record above and resets."""
@@ -108,7 +113,7 @@ class PseudoLabelAudit:
         return record
 
 
-def flatten_record(record: dict, prefix: str = "pseudo_labels") -> dict[str, float]:
+def flatten_record(record: dict, prefix: str = AUDIT_RECORD) -> dict[str, float]:
     """``{prefix/key: v, prefix/key/<class>: v}`` scalars of a summary, for TensorBoard."""
     flat = {}
     for key, value in record.items():

@@ -4,7 +4,8 @@ Inline CSS, inline SVG charts and base64 PNG pictures: the file opens offline an
 or attached to an issue as it is. Sections appear when the run logged what they show:
 
 summary (method, data, protocol, results, speed) · curves (loss, LR, val mIoU) · per-class IoU
-(last and best, tail classes marked) · AEL's confidence bank · HagSeg's hardness · DST-CBC's
+(last and best, tail classes marked) · AEL's confidence bank · pseudo-label quality per class
+(the audit of the unlabeled loss's targets against the unlabeled masks) · HagSeg's hardness · DST-CBC's
 pseudo-labels per round · step time · input / ground truth / prediction pictures.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..engine.timing import SECTIONS
+from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PER_CLASS_KEYS, SUMMARY_KEYS
 from ..methods.ael import BANK_LOG_PREFIX
 from . import svg
 from .protocol import protocol_rows, total_iterations
@@ -204,6 +206,34 @@ def bank_section(run: RunFolder) -> str:
     return _section("bank", "AEL confidence bank", "".join(parts))
 
 
+def pseudo_label_section(run: RunFolder) -> str:
+    """The pseudo-label audit over training: per-class IoU, precision, recall and share of L_u's
+    weight of the pseudo-labels against the unlabeled images' masks, and their summary curves."""
+    records = [(rec["iteration"], rec[AUDIT_RECORD]) for rec in run.train if isinstance(rec.get(AUDIT_RECORD), dict)]
+    if not records:
+        return ""
+    names, tails = run.class_names(), set(run.tail_ids())
+    iterations = [it for it, _ in records]
+    highlight = [i for i in range(len(names)) if i in tails]
+    titles = {"iou": "IoU of the pseudo-labels per class", "precision": "precision per class",
+              "recall": "recall per class (a pixel left without a pseudo-label is a miss)",
+              "weight_share": "share of L_u's weight on each true class"}
+    parts = []
+    for key in PER_CLASS_KEYS:
+        rows = [[rec.get(key, {}).get(n) for _, rec in records] for n in names]
+        parts.append(f"<h3>{escape(titles[key])}</h3>"
+                     + svg.heat_map(names, iterations, rows, titles[key], highlight=highlight))
+    lines = [svg.Line(key, [(it, rec[key]) for it, rec in records if rec.get(key) is not None])
+             for key in SUMMARY_KEYS]
+    parts.append("<h3>Summary</h3>" + svg.line_chart([line for line in lines if line.points], "pseudo-labels"))
+    note = ('<p class="note">Scored against the unlabeled images\' own masks, which training never sees. '
+            "kept: share of trained pixels with a pseudo-label; wrong_weight: share of L_u's weight on wrong "
+            "pseudo-labels; untraced_weight: share on pixels of images outside the loaded batch (AEL's fetched "
+            "images). A tail class (*) whose recall stays near 0 never gets a pseudo-label: confirmation bias "
+            "in the making.</p>")
+    return _section("pseudo-labels", "Pseudo-label quality", "".join(parts) + note)
+
+
 def hardness_section(run: RunFolder) -> str:
     """HagSeg's per-image hardness γ over training (mean, ± one standard deviation over the batch)."""
     mean = run.train_series("hardness_mean")
@@ -288,13 +318,14 @@ def samples_section(grid: Optional[SampleGrid], reason: str) -> str:
 
 
 SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "per-class": "Per-class IoU", "bank": "Bank",
+                  "pseudo-labels": "Pseudo-labels",
                   "hardness": "Hardness", "rounds": "Rounds", "timing": "Step time", "samples": "Predictions"}
 
 
 def build_html(run: RunFolder, samples: Optional[SampleGrid] = None, samples_reason: str = "") -> str:
     sections = {
         "summary": summary_section(run), "curves": curves_section(run), "per-class": per_class_section(run),
-        "bank": bank_section(run), "hardness": hardness_section(run), "rounds": rounds_section(run),
+        "bank": bank_section(run), "pseudo-labels": pseudo_label_section(run), "hardness": hardness_section(run), "rounds": rounds_section(run),
         "timing": timing_section(run), "samples": samples_section(samples, samples_reason),
     }
     present = {k: v for k, v in sections.items() if v}
