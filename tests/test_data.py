@@ -474,3 +474,17 @@ def test_center_crop_is_centred_and_pads():
     assert np.array_equal(out["label"], mask[14:34, 17:47]) and np.array_equal(out["image"], image[14:34, 17:47])
     big = CenterCrop((60, 64), PATTERN_SPEC.mean)(sample, None)
     assert big["label"].shape == (60, 64) and np.all(big["label"][48:] == 255) and not big["valid"][48:].any()
+
+
+def test_hue_shift_truncates_like_torchvision():
+    """np.uint8(shift * 255) truncates toward zero (torchvision, iMAS): 0.1 -> 25 levels, -0.1 -> -25."""
+    from PIL import Image
+
+    from equiseg.data.augment import adjust_hue
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    for shift, levels in ((0.1, 25), (-0.1, -25), (0.3, 76)):
+        same = np.asarray(adjust_hue(img, shift))
+        assert np.array_equal(same, np.asarray(adjust_hue(img, levels / 255))), shift
+        rounded = levels + (1 if levels > 0 else -1)
+        assert not np.array_equal(same, np.asarray(adjust_hue(img, rounded / 255))), shift

@@ -215,13 +215,20 @@ def test_intensity_mix_interpolates_exactly_and_commutes_with_normalisation():
 
 
 def test_hard_easy_pairing_on_known_order():
-    hardness = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.7, 0.4])
+    hardness = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.7, 0.4], dtype=torch.float64)
     # hardest→easiest: 1, 4, 2, 5, 0, 3 → pairs (1,3), (4,0), (2,5)
-    assert hard_easy_partners(hardness).tolist() == [4, 3, 5, 1, 0, 2]
-    odd = hard_easy_partners(torch.tensor([0.3, 0.1, 0.9]))
+    assert hard_easy_partners(1 - hardness).tolist() == [4, 3, 5, 1, 0, 2]
+    odd = hard_easy_partners(1 - torch.tensor([0.3, 0.1, 0.9], dtype=torch.float64))
     assert odd.tolist() == [0, 2, 1]                       # the median image keeps itself
     partners = hard_easy_partners(torch.rand(9, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(partners[partners], torch.arange(9))   # mutual pairs
+
+
+def test_hard_easy_pairing_ranks_on_easiness_not_float32_hardness():
+    # γ = 1 - e in float32 is 1 for both tiny easiness values; ranked on e: hardest 1, then 0, then 2.
+    easiness = torch.tensor([2e-8, 1e-8, 0.5])
+    assert (1.0 - easiness)[0] == (1.0 - easiness)[1]
+    assert hard_easy_partners(easiness).tolist() == [0, 2, 1]
 
 
 def test_side_fraction_boxes():

@@ -46,8 +46,9 @@ def adjust_hue(img: Image.Image, shift: float) -> Image.Image:
     """Rotate hue by ``shift`` (a fraction of the colour circle, in [-0.5, 0.5]), as torchvision."""
     h, s, v = img.convert("HSV").split()
     hue = np.asarray(h, dtype=np.uint8)
-    # uint8 arithmetic wraps around the circle, which is exactly a hue rotation.
-    hue = (hue.astype(np.int16) + int(round(shift * (_UINT8_LEVELS - 1)))) % _UINT8_LEVELS
+    # uint8 arithmetic wraps around the circle, which is exactly a hue rotation. The shift in levels
+    # is truncated toward zero, as torchvision's and iMAS's np.uint8(shift * 255).
+    hue = (hue.astype(np.int16) + int(shift * (_UINT8_LEVELS - 1))) % _UINT8_LEVELS
     h = Image.fromarray(hue.astype(np.uint8), mode="L")
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 

@@ -183,7 +183,7 @@ class HagSeg(TeacherStudentMethod):
                 fired = bernoulli(trigger, self.generator)
                 logs.update(cutmix_trigger=trigger, cutmix_fired=float(fired))
                 if fired:
-                    partners = (hard_easy_partners(gamma) if cfg.hardness_cutmix
+                    partners = (hard_easy_partners(e) if cfg.hardness_cutmix
                                 else mixing_partners(batch, self.generator))
                     boxes = side_fraction_boxes(batch, height, width, self.generator, cfg.cutmix_side_range,
                                                 device=valid.device)

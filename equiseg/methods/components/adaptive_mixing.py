@@ -31,11 +31,15 @@ def intensity_mix(strong: torch.Tensor, weak: torch.Tensor, easiness: torch.Tens
     return e * strong + (1.0 - e) * weak
 
 
-def hard_easy_partners(hardness: torch.Tensor) -> torch.Tensor:
-    """For each image, the index of its CutMix partner (Eq. 9): images sorted by hardness, the k-th
-    hardest paired with the k-th easiest, mutually (an involution; with an odd batch the median
-    image is its own partner, i.e. not mixed). Ties keep batch order (stable sort). (B,) long, CPU."""
-    order = torch.sort(hardness.detach().float().cpu(), descending=True, stable=True).indices
+def hard_easy_partners(easiness: torch.Tensor) -> torch.Tensor:
+    """For each image, the index of its CutMix partner (Eq. 9): images sorted from hardest to
+    easiest, the k-th hardest paired with the k-th easiest, mutually (an involution; with an odd
+    batch the median image is its own partner, i.e. not mixed). Ties keep batch order (stable sort).
+    (B,) long, CPU.
+
+    Ranked on the easiness e, as the authors (on -e): γ = 1 - e in float32 collapses easiness
+    values near 0 (e = 2e-8 and 1e-8 both give γ = 1) and would pair them differently."""
+    order = torch.sort(easiness.detach().cpu(), stable=True).indices
     partners = torch.empty_like(order)
     partners[order] = order.flip(0)
     return partners
