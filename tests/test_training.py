@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 
 from equiseg.cli.main import main as cli
 from equiseg.config import validate_config
@@ -214,3 +215,19 @@ def test_cli_splits_writes_nested_lists(data_root, tmp_path, capsys):
 def test_demo_quick(tmp_path, capsys):
     assert cli(["demo", "--quick", "--out", str(tmp_path / "demo"), "--iterations", "6"]) == 0
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_predict_with_a_camvid_cpu_config_at_half_scale(data_root, tmp_path, capsys):
+    """The shipped CamVid CPU configs train at data.image_scale 0.5: predict must run at that scale
+    and write its outputs at the input image's own size."""
+    repo = Path(__file__).resolve().parents[1]
+    overrides = ["data.dataset=synthetic", f"data.root={data_root}", "model.pretrained=null", "optim.iterations=2",
+                 "data.crop_size=[24,32]", "data.num_workers=0", "train.progress_bar=false",
+                 f"run.output_dir={tmp_path}", "run.name=half"]
+    assert cli(["train", str(repo / "configs" / "camvid" / "supervised_mbv2.yaml"), *overrides]) == 0
+    assert yaml.safe_load((tmp_path / "half" / "config.yaml").read_text())["data"]["image_scale"] == 0.5
+    images = sorted((data_root / "images").glob("val_*.png"))[:1]
+    assert cli(["predict", *map(str, images), "--checkpoint", str(tmp_path / "half" / "checkpoints" / "best.pt"),
+                "--output", str(tmp_path / "pred")]) == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "pred" / f"{images[0].stem}.png").size == Image.open(images[0]).size

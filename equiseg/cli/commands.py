@@ -150,7 +150,7 @@ def cmd_predict(args) -> int:
         image = decode_image(path)
         h, w = image.shape[:2]
         if cfg.data.image_scale != 1.0:
-            image, _ = resize_pair(image, None, round(h * cfg.data.image_scale), round(w * cfg.data.image_scale))
+            image, _ = resize_pair(image, None, cfg.data.image_scale)  # the scale the model was trained at
         valid = np.ones(image.shape[:2], dtype=bool)
         x = transform({"image": image, "valid": valid}, rng)["image"].unsqueeze(0).to(device)
         with torch.no_grad():
