@@ -136,11 +136,18 @@ def test_run_state_reuses_only_an_identical_config(data_root, tmp_path):
 def test_presets_name_existing_configs_with_one_protocol():
     for preset in PRESETS:
         configs = {m: load_config(p) for m, p in preset_configs(preset).items()}
-        assert set(configs) == {"supervised", "cutmix", "fixmatch", "mean_teacher", "ael", "hagseg", "dst_cbc"}
-        assert all(cfg.method.name == m for m, cfg in configs.items())
+        methods = {"supervised", "cutmix", "fixmatch", "mean_teacher", "ael", "hagseg", "dst_cbc"}
+        paper_rows = {"cutmix_paper", "ael_paper", "hagseg_paper"} if preset == "cpu" else set()
+        assert set(configs) == methods | paper_rows
+        assert all(cfg.method.name == m.removesuffix("_paper") for m, cfg in configs.items())
         data = {m: comparable(c.data.model_dump(), ["unlabeled_batch_size"]) for m, c in configs.items()}
         assert all(d == data["supervised"] for d in data.values()), preset  # one dataset / split / crop / batch
         assert len({c.model.model_dump_json() for c in configs.values()}) == 1
+    cpu = {m: load_config(p) for m, p in preset_configs("cpu").items()}
+    for method in ("cutmix", "ael", "hagseg"):  # the paper rows differ in the method's settings only
+        assert cpu[method].method.supervised_warmup > 0 and cpu[f"{method}_paper"].method.supervised_warmup == 0
+        assert comparable(cpu[method].model_dump(), ["run.name", "method"]) == \
+            comparable(cpu[f"{method}_paper"].model_dump(), ["run.name", "method"])
     gpu = load_config(preset_configs("gpu", ["ael"])["ael"])
     assert gpu.model.backbone == "resnet101" and gpu.data.image_scale == 1.0
     with pytest.raises(ConfigError, match="no config for nope"):
@@ -160,7 +167,8 @@ def _write_config(path: Path, data_root: Path, method: str) -> Path:
 def test_tiny_bench_trains_tabulates_then_reuses(data_root, tmp_path, capsys, monkeypatch):
     configs = [_write_config(tmp_path / f"{m}.yaml", data_root, m) for m in ("supervised", "cutmix")]
     out = tmp_path / "bench"
-    args = ["bench", "--config", str(configs[0]), "--config", str(configs[1]), "--seeds", "0", "--out", str(out)]
+    args = ["bench", "--config", str(configs[0]), "--config", str(configs[1]), "--seeds", "0", "--out", str(out),
+            "--jobs", "2"]  # both train at once; the table keeps the planned order
     assert cli(args) == 0
     assert capsys.readouterr().out.count("seed 0: training") == 2
 
@@ -197,7 +205,7 @@ def test_tiny_bench_trains_tabulates_then_reuses(data_root, tmp_path, capsys, mo
 
     # An interrupted run (a checkpoint, no results.json) is resumed, not restarted (in this process,
     # to spare a spawn: the subprocess path ran above).
-    def train_here(run, resume):
+    def train_here(run, resume, threads=None):
         box = queue.SimpleQueue()
         runner.train_worker(run.cfg.model_dump(mode="json"), str(run.run_dir), str(resume) if resume else None, box)
         return box.get()

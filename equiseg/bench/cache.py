@@ -22,7 +22,8 @@ from ..errors import EquisegError
 
 log = logging.getLogger("equiseg")
 
-RESULT_NEUTRAL_KEYS = ("run.output_dir", "run.name", "data.num_workers", "train.progress_bar", "train.log_every")
+RESULT_NEUTRAL_KEYS = ("run.output_dir", "run.name", "data.num_workers", "train.progress_bar", "train.log_every",
+                       "train.pseudo_label_audit")
 """Config keys that do not change a run's results."""
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides for every method, e.g. optim.iterations=100 data.root=/data/camvid")
     p.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
                    help="also reuse identical finished runs found in the run folders inside DIR (e.g. runs)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once, each in its own process (on a CPU with cpu_count/N threads each); "
+                        "default 1")
     p.add_argument("--step-profile", action="store_true",
                    help="append a per-step speed table (interleaved timing in one process, as benchmarks/step_time.py)")
     p.add_argument("--profile-steps", type=int, help="timed steps per method per round (default 10)")
