@@ -15,3 +15,7 @@ class DataError(EquisegError, ValueError):
 
 class WeightsError(EquisegError, ValueError):
     """A checkpoint or pretrained-weights file does not match the model."""
+
+
+class TrainingError(EquisegError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint that cannot be written)."""

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, load_config, validate_config
-from ..errors import DataError
+from ..errors import DataError, WeightsError
 
 
 # --------------------------------------------------------------------------- train
@@ -77,9 +77,26 @@ def _load_model(checkpoint: str, cfg: Config, num_classes: int, weights: str, de
 
     ckpt = load_checkpoint(Path(checkpoint))
     state, which = model_state_from_checkpoint(ckpt, weights)
+    stored = (ckpt.get("config") or {}).get("model") or {}
+    stored_classes = len(ckpt["class_names"]) if ckpt.get("class_names") else None
+
+    def describe(model_cfg: dict, classes) -> str:
+        return (f"{model_cfg.get('arch', '?')}/{model_cfg.get('backbone', '?')}"
+                + (f" with {classes} classes" if classes is not None else ""))
+
+    asked = describe(cfg.model.model_dump(), num_classes)
+    if stored and (any(stored.get(k) != getattr(cfg.model, k) for k in ("arch", "backbone"))
+                   or (stored_classes is not None and stored_classes != num_classes)):
+        raise WeightsError(f"{checkpoint} is a {describe(stored, stored_classes)}; the config asks for {asked}: "
+                           "pass the run's own config.yaml (or --config of a matching run)")
     # Pretrained backbone weights are irrelevant here: the checkpoint overwrites them.
     model = build_model(cfg.model.model_copy(update={"pretrained": None}), num_classes)
-    model.load_state_dict(state)  # strict: a mismatched checkpoint is an error
+    try:
+        model.load_state_dict(state)  # strict: a mismatched checkpoint is an error
+    except RuntimeError as exc:
+        missing = getattr(exc, "args", [""])[0].count("Missing key")
+        raise WeightsError(f"{checkpoint} does not fit a {asked} (its weights have other names or shapes"
+                           f"{'' if not missing else ', keys missing'}); is it from another model config?") from None
     return model.to(device).eval(), which
 
 

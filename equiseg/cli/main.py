@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import Optional
 
@@ -32,7 +34,9 @@ def _comma_ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="equiseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="equiseg", description=__doc__,
+                                     epilog="Errors print one line; add --debug (or set EQUISEG_DEBUG=1) for the "
+                                            "full traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (run under torchrun for several GPUs)")
@@ -111,21 +115,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
+    # ``--debug`` anywhere on the line (or EQUISEG_DEBUG=1): full tracebacks instead of one-line errors.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     # Overrides may come after options (``train cfg.yaml --resume auto a.b=1``): collect them too.
     args, extra = parser.parse_known_args(argv)
     if extra:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    debug = debug or os.environ.get("EQUISEG_DEBUG", "") not in ("", "0")
     try:
         from . import commands
         return getattr(commands, f"cmd_{args.command}")(args) or 0
-    except EquisegError as exc:
-        print(f"equiseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (EquisegError, PermissionError, FileNotFoundError, IsADirectoryError) as exc:
+        if debug:
+            raise
+        return report_error(args.command, user_message(exc))
     except KeyboardInterrupt:
         print(f"interrupted{INTERRUPT_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for the user. An error raised in a DataLoader worker arrives wrapped in the worker's
+    traceback text: keep the original message only."""
+    if isinstance(exc, OSError) and not isinstance(exc, EquisegError):
+        what = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or type(exc).__name__)
+        return f"{what}: {exc.filename}" if exc.filename else f"{what}: {exc}"
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return text
+
+
+def report_error(command: str, message: str) -> int:
+    """Print ``equiseg <verb>: error: ...`` and put the same line in the run's train.log (if one is open)."""
+    line = f"equiseg {command}: error: {message}"
+    print(line, file=sys.stderr)
+    log = logging.getLogger("equiseg")
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    return 2
 
 
 if __name__ == "__main__":

@@ -114,6 +114,8 @@ def decode_image(path: PathLike) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except PermissionError:
+        raise DataError(f"cannot read image {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from None
 
@@ -128,6 +130,8 @@ def decode_mask(path: PathLike) -> np.ndarray:
                                 f"single-channel 8-bit PNGs (mode L, or P with palette indices as values), "
                                 f"not colour-coded images")
             return np.asarray(im, dtype=np.uint8)
+    except PermissionError:
+        raise DataError(f"cannot read mask {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, DataError):
             raise

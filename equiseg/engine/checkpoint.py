@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import WeightsError
+from ..errors import TrainingError, WeightsError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -20,15 +20,44 @@ def save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint follows the user's umask
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise _write_error(exc, path) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(exc: BaseException, path: Path) -> TrainingError:
+    """A one-line error for a checkpoint write that failed, saying when the disk is full."""
+    import errno
+    import shutil
+
+    kept = f"; {path} is intact" if path.exists() else ""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    # torch.save reports a full disk as RuntimeError "[enforce fail at inline_container.cc] unexpected pos".
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "unexpected pos" in str(exc) or free == 0
+    if full:
+        left = f" ({free} bytes free)" if free is not None else ""
+        return TrainingError(f"cannot write checkpoint {path}: the disk holding {path.parent} is full{left}{kept} "
+                             "(the write is atomic: no half-written file is left); free space and resume with "
+                             "--resume auto")
+    return TrainingError(f"cannot write checkpoint {path}: {str(exc).splitlines()[0]}{kept}")
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:

@@ -25,7 +25,7 @@ from ..config import Config, config_to_yaml
 from ..data.build import RunData, build_run_data
 from ..data.datasets import ListDataset, WithAuditLabels
 from ..data.transforms import AUDIT_LABEL_KEY
-from ..errors import DataError
+from ..errors import DataError, TrainingError
 from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PseudoLabelAudit, flatten_record
 from ..evaluation.evaluator import evaluate
 from ..methods import method_class
@@ -310,8 +310,11 @@ class Trainer:
             t = out.pseudo_targets
             self.audit.update(t.label, t.weight, t.origin, truth)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"loss is {out.loss.item()} at iteration {it}; "
-                                     "lower optim.lr or check the data (see train.log)")
+            parts = ", ".join(f"{k} {float(v):.4g}" for k, v in out.logs.items() if k.startswith("loss"))
+            last = self.run_dir / "checkpoints" / "last.pt"
+            raise TrainingError(f"loss is {out.loss.item()} at iteration {it} ({parts or 'no loss parts logged'}); "
+                                "lower optim.lr, set train.grad_clip, or check the data"
+                                + (f"; resume from the last good checkpoint {last}" if last.is_file() else ""))
         self.optimizer.zero_grad(set_to_none=True)
         with self.timer.section("backward"):
             self.scaler.scale(out.loss).backward()
