@@ -58,6 +58,12 @@ class DataConfig(Section):
     """Global unlabeled batch; defaults to ``batch_size``."""
     num_workers: int = Field(2, ge=0)
 
+    @field_validator("labeled", mode="before")
+    @classmethod
+    def _labeled_count(cls, value: Any) -> Any:
+        # ``data.labeled=46`` on the command line (or in YAML) is a count, as "46" is.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
         lo, hi = self.scale_range
@@ -104,6 +110,7 @@ class TrainConfig(Section):
     sample_every: int = Field(500, ge=1)
     """Write sample predictions to TensorBoard every N iterations."""
     progress_bar: bool = True
+    """A tqdm bar while training, shown only when stderr is a terminal (log lines print above it)."""
     profile: bool = False
     """Synchronize CUDA at timing-section boundaries so the per-step breakdown is exact (slower)."""
     grad_clip: Optional[float] = Field(None, gt=0)

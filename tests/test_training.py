@@ -231,3 +231,28 @@ def test_predict_with_a_camvid_cpu_config_at_half_scale(data_root, tmp_path, cap
                 "--output", str(tmp_path / "pred")]) == 0
     from PIL import Image
     assert Image.open(tmp_path / "pred" / f"{images[0].stem}.png").size == Image.open(images[0]).size
+
+
+def test_resume_after_a_kill_between_checkpoints_logs_each_iteration_once(data_root, tmp_path, monkeypatch):
+    raw = tiny_config(data_root, tmp_path, iterations=16)   # checkpoints at 10 and 16
+    original = Trainer._log_window
+
+    def log_then_die(self, window, lr):
+        original(self, window, lr)
+        if self.iteration == 13:
+            raise _Killed()
+
+    monkeypatch.setattr(Trainer, "_log_window", log_then_die)
+    with pytest.raises(_Killed):
+        Trainer(validate_config(raw), tmp_path / "r").fit()
+    monkeypatch.setattr(Trainer, "_log_window", original)
+    Trainer(validate_config(raw), tmp_path / "r", resume=tmp_path / "r" / "checkpoints" / "last.pt").fit()
+    logged = [json.loads(line)["iteration"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert logged == list(range(1, 17))
+
+
+def test_labeled_count_may_be_an_integer():
+    from equiseg.config import load_config
+    assert load_config(None, ["data.labeled=4"]).data.labeled == "4"
+    assert load_config(None, ["data.labeled=1/8"]).data.labeled == "1/8"

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -73,13 +74,30 @@ def setup_logging(run_dir: Optional[Path], is_main: bool) -> None:
         log.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler()
+    console = _TqdmSafeHandler()
     console.setFormatter(fmt)
     log.addHandler(console)
     if run_dir is not None and is_main:
         fh = logging.FileHandler(run_dir / "train.log")
         fh.setFormatter(fmt)
         log.addHandler(fh)
+
+
+class _TqdmSafeHandler(logging.StreamHandler):
+    """Console log lines written through ``tqdm.write``, so they never break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def show_progress(requested: bool) -> bool:
+    """A progress bar only on a terminal: redirected stderr gets log lines, not bar redraws."""
+    return requested and sys.stderr.isatty()
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -237,7 +255,20 @@ class Trainer:
         else:
             log.warning("resuming with %d processes from a %d-process checkpoint: data order is kept, "
                         "per-rank random states are re-seeded", self.dist.world_size, ckpt["world_size"])
+        if self.dist.is_main:
+            self._drop_metrics_after(self.iteration)
         log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _drop_metrics_after(self, iteration: int) -> None:
+        """Records logged after the checkpoint were lost with the killed run and will be logged again:
+        drop them, so metrics.jsonl holds each iteration once."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ evaluation
     def _main_eval_model(self) -> nn.Module:
@@ -334,7 +365,7 @@ class Trainer:
         cfg = self.cfg
         labeled_iter, unlabeled_iter = self.data_iterators()
         progress = None
-        if self.dist.is_main and cfg.train.progress_bar:
+        if self.dist.is_main and show_progress(cfg.train.progress_bar):
             from tqdm.auto import tqdm
             progress = tqdm(total=cfg.optim.iterations, initial=self.iteration, dynamic_ncols=True,
                             desc=f"{cfg.method.name}")

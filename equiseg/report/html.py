@@ -102,7 +102,8 @@ def step_ms(record: dict) -> Optional[float]:
 
 def summary_section(run: RunFolder) -> str:
     rows = [["run folder", escape(str(run.path))], ["method", escape(run.method)]]
-    rows += [[escape(k), escape(v)] for k, v in protocol_rows(run.config, run.split).items()]
+    evaluated = (run.last or {}).get("num_images")
+    rows += [[escape(k), escape(v)] for k, v in protocol_rows(run.config, run.split, evaluated).items()]
     last, best = run.last, run.best
     if last:
         rows.append(["last checkpoint", f"mIoU {pct(last.get('miou'))} % · tail mIoU {pct(last.get('tail_miou'))} % "

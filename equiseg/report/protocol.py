@@ -91,13 +91,26 @@ def evaluation(config: dict[str, Any]) -> str:
     return text + (" + flip" if e.get("flip") else "")
 
 
-def protocol_rows(config: dict[str, Any], split: Optional[dict[str, Any]] = None) -> dict[str, str]:
-    """Ordered ``{label: text}`` describing what a run's numbers depend on."""
+def eval_split(config: dict[str, Any], num_images: Optional[int] = None) -> str:
+    """The evaluation set, with the image count when known and ``eval.max_images`` when it cut it."""
+    text = str(_section(config, "data").get("val_list") or "val split")
+    limit = _section(config, "eval").get("max_images")
+    if limit:
+        text += f", only its first {limit} images (eval.max_images)"
+    if num_images is not None:
+        text += f" ({num_images} images evaluated)"
+    return text
+
+
+def protocol_rows(config: dict[str, Any], split: Optional[dict[str, Any]] = None,
+                  num_images: Optional[int] = None) -> dict[str, str]:
+    """Ordered ``{label: text}`` describing what a run's numbers depend on (``num_images``: how many
+    images the reported evaluation scored, when known)."""
     data, optim, run = _section(config, "data"), _section(config, "optim"), _section(config, "run")
     method = str(_section(config, "method").get("name", "?"))
     return {
         "dataset": str(data.get("dataset", "?")),
-        "eval split": str(data.get("val_list") or "val split"),
+        "eval split": eval_split(config, num_images),
         "labeled": labeled(data, split or {}),
         "image scale": str(data.get("image_scale", 1.0)),
         "crop": f"{_size(data.get('crop_size', '?'))} (scale range {_size(data.get('scale_range', '?'), '-')}"
