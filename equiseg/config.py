@@ -57,6 +57,10 @@ class DataConfig(Section):
     unlabeled_batch_size: Optional[int] = None
     """Global unlabeled batch; defaults to ``batch_size``."""
     num_workers: int = Field(2, ge=0)
+    check_files: bool = True
+    """Check every listed file of the train pool and the val list before training (existence,
+    readability, truncation, image/mask sizes, mask values; equiseg.data.check), with a cache so a
+    second run is instant. False skips it (a bad file then fails when it is first read)."""
 
     @field_validator("labeled", mode="before")
     @classmethod

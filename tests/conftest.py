@@ -13,6 +13,12 @@ from equiseg.data.synthetic import make_synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """The data check's cache goes to a temporary folder, not the user's ~/.cache."""
+    os.environ["EQUISEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("equiseg_cache"))
+
 # Colours in convex position (vertices of a triangular bipyramid): a bilinear blend of them can
 # only equal one of them exactly when it is that pure colour, which is what the alignment tests use.
 PATTERN_COLOURS = ((250, 20, 20), (20, 250, 20), (20, 20, 250), (240, 240, 240), (15, 15, 15))

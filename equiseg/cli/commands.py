@@ -181,6 +181,24 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_check_data(args) -> int:
+    from ..data.build import check_run_files, resolve_split
+    from ..data.datasets import definition_from_config
+
+    cfg = load_config(args.config, args.overrides)
+    definition = definition_from_config(cfg.data)
+    lists = resolve_split(cfg.data, definition)
+    if args.no_cache:
+        import os
+        import tempfile
+        os.environ["EQUISEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="equiseg_check_")
+    checked = check_run_files(cfg.data, definition, lists)
+    total = len(lists.pool) + len(lists.val)
+    print(f"{cfg.data.dataset} at {lists.root}: {len(lists.pool)} train pool + {len(lists.val)} val pairs fine "
+          f"({checked} checked now, {total - checked} known from an earlier check)")
+    return 0
+
+
 # --------------------------------------------------------------------------- splits
 
 

@@ -1,4 +1,4 @@
-"""``equiseg`` command line: train, eval, predict, splits, report, bench, demo."""
+"""``equiseg`` command line: train, eval, predict, splits, report, bench, check-data, demo."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-rounds", type=int, help="interleaved rounds (default 3)")
     p.add_argument("--profile-warmup", type=int, help="untimed steps per method first (default 3)")
 
+    p = sub.add_parser("check-data", help="check every file a config's run would read (the start-up check, alone)")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--no-cache", action="store_true", help="check every file again, even those a run checked before")
+    _add_overrides(p)
+
     p = sub.add_parser("demo", help="train and evaluate on a generated synthetic dataset (no download)")
     p.add_argument("--out", default="runs/demo", help="folder for the data and the run")
     p.add_argument("--method", default="supervised")
@@ -128,7 +133,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     debug = debug or os.environ.get("EQUISEG_DEBUG", "") not in ("", "0")
     try:
         from . import commands
-        return getattr(commands, f"cmd_{args.command}")(args) or 0
+        return getattr(commands, f"cmd_{args.command.replace('-', '_')}")(args) or 0
     except (EquisegError, PermissionError, FileNotFoundError, IsADirectoryError) as exc:
         if debug:
             raise

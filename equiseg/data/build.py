@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import DataError
+from .check import ListToCheck, check_lists
 from .datasets import DatasetDefinition, ListDataset, Pair, definition_from_config, read_list_file
 from .spec import DatasetSpec
 from .splits import complement, import_split, make_split, write_split
@@ -91,6 +92,25 @@ def resolve_split(data_cfg: Any, definition: Optional[DatasetDefinition] = None,
     return SplitLists(root, pool, labeled, unlabeled, val, meta)
 
 
+def check_run_files(d: Any, definition: DatasetDefinition, lists: SplitLists) -> int:
+    """The start-up check (equiseg.data.check) of the train pool and the val list."""
+    pool_name = d.train_list or f"the {d.dataset} train split under {lists.root}"
+    val_name = d.val_list or f"the {d.dataset} val split under {lists.root}"
+    to_check = [ListToCheck(pool_name, lists.pool), ListToCheck(val_name, lists.val)]
+    pooled = set(lists.pool)
+    outside = [p for p in lists.labeled + lists.unlabeled if p not in pooled]
+    if outside:  # offline pseudo-label lists (DST-CBC): their second column holds train ids, made by equiseg
+        to_check.append(ListToCheck(str(d.unlabeled_list), outside, check_masks=False))
+    return check_lists(lists.root, to_check, definition.spec)
+
+
+def is_main_process() -> bool:
+    """Rank 0 checks the files (the others would only repeat it); outside torchrun, the process."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = False,
                    unlabeled_labels: bool = False, run_dir: Optional[Path] = None) -> RunData:
     """Datasets for a run; with ``run_dir`` the split is also written to ``run_dir/split``.
@@ -110,6 +130,8 @@ def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = 
         raise DataError(f"method '{cfg.method.name}' trains on unlabeled images, but the {d.dataset} pool of "
                         f"{len(lists.pool)} images is all labeled: set data.labeled (e.g. '1/8') or "
                         "data.labeled_list / data.unlabeled_list")
+    if d.check_files and is_main_process():
+        check_run_files(d, definition, lists)
     if run_dir is not None:
         write_split(Path(run_dir) / "split", lists.labeled, lists.unlabeled, lists.meta)
     spec = definition.spec
