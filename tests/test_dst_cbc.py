@@ -20,9 +20,9 @@ from equiseg.errors import ConfigError
 from equiseg.methods import method_class
 from equiseg.methods.base import MethodContext
 from equiseg.methods.dst_cbc import (CONFIDENCE_LEVELS, PseudoLabeledDataset, RoundJob, SelfTraining,
-                                     class_balanced_thresholds, confidence_histogram, draw_valtiny,
-                                     dynamic_self_training_loss, dynamic_weights, quantize_confidence,
-                                     sample_pixels, select_pseudo_labels)
+                                     class_balanced_thresholds, confidence_bits, draw_valtiny,
+                                     dynamic_self_training_loss, dynamic_weights, sample_pixels,
+                                     select_pseudo_labels, threshold_values)
 from equiseg.methods.supervised import supervised_loss
 
 IGNORE = 255
@@ -31,12 +31,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dst_cbc"
 
 def algorithm1(probs: torch.Tensor, alpha: float, per_class: bool = True, sample_ratio: float = 1.0) -> torch.Tensor:
     """Algorithm 1 on one (C, H, W) probability map, as the driver runs it."""
-    mp, ml = probs.max(0)
-    level = quantize_confidence(mp)
+    mp, ml = probs.float().max(0)
     sample = sample_pixels(tuple(ml.shape), sample_ratio, (0, 1, 0))
-    histogram = confidence_histogram(ml[sample], level[sample], probs.shape[0])
-    thresholds = class_balanced_thresholds(histogram, alpha, per_class)
-    return select_pseudo_labels(ml, level, thresholds, IGNORE)
+    thresholds = class_balanced_thresholds(ml[sample], mp[sample], alpha, probs.shape[0], per_class)
+    return select_pseudo_labels(ml, confidence_bits(mp), thresholds, IGNORE)
 
 
 def hand_made_map(counts: dict[int, list[float]], num_classes: int) -> torch.Tensor:
@@ -70,13 +68,31 @@ def test_algorithm1_keeps_exactly_each_class_top_alpha():
 
 
 def test_thresholds_count_exactly_and_handle_absent_classes():
-    histogram = torch.zeros(3, CONFIDENCE_LEVELS + 1, dtype=torch.long)
-    histogram[0, [100, 200, 300, 400, 500]] = 1  # 0.6 x 5 must keep 3, not ceil(3.0000000000000004) = 4
-    histogram[1, 1000] = 4                        # ties: all four share one level
-    t = class_balanced_thresholds(histogram, 0.6)
-    assert t.tolist() == [300, 1000, 0]           # class 2 never predicted: keep all (t = 0)
-    assert class_balanced_thresholds(histogram, 1.0).tolist() == [0, 0, 0]
-    assert class_balanced_thresholds(histogram, 0.01).tolist() == [500, 1000, 0]  # at least the top pixel
+    ml = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    mp = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.7, 0.7, 0.7])  # 0.6 x 5 must keep 3, not ceil(3.0000000000000004)
+    t = class_balanced_thresholds(ml, mp, 0.6, 3)                     # class 1: ties, all four share one value
+    assert threshold_values(t) == [torch.tensor(0.3).item(), torch.tensor(0.7).item(), 0.0]  # class 2 absent: keep all
+    assert class_balanced_thresholds(ml, mp, 1.0, 3).tolist() == [0, 0, 0]
+    assert threshold_values(class_balanced_thresholds(ml, mp, 0.01, 3))[:2] == [torch.tensor(0.5).item(),
+                                                                               torch.tensor(0.7).item()]  # the top pixel
+
+
+def test_saturated_confidences_keep_the_float32_top_alpha_share():
+    """A confident labeling model (logit margins 8-20): many confidences lie within 7.6e-6 of 1 and
+    would tie on 16-bit levels; on float32 the kept share is the float32 top-α share, as the authors'."""
+    g = torch.Generator().manual_seed(0)
+    n = 20_000
+    margins = 8 + 12 * torch.rand(n, generator=g)
+    logits = torch.zeros(3, 1, n)
+    logits[0, 0] = margins                       # every pixel predicted as class 0
+    mp, ml = logits.softmax(0).max(0)
+    assert (torch.round(mp * CONFIDENCE_LEVELS) == CONFIDENCE_LEVELS).float().mean() > 0.3   # levels would tie
+    t = class_balanced_thresholds(ml.flatten(), mp.flatten(), 0.2, 3)
+    kept = select_pseudo_labels(ml, confidence_bits(mp), t, IGNORE) != IGNORE
+    authors = sorted(mp.flatten().tolist())      # the authors' float32 sort: ties only where float32 values tie
+    float32_kept = sum(v >= authors[-math.ceil(0.2 * n)] for v in authors)
+    assert int(kept.sum()) == float32_kept
+    assert kept.float().mean().item() < 0.3      # 16-bit levels kept about 44 %
 
 
 def test_global_threshold_starves_the_rare_class():
@@ -87,8 +103,7 @@ def test_global_threshold_starves_the_rare_class():
     dst_c = algorithm1(probs, 0.2, per_class=False)
     assert (cbc == 1).sum() == 2 and (cbc == 0).sum() == 18   # 20 % of each class
     assert (dst_c == 1).sum() == 0 and (dst_c == 0).sum() == 20  # 20 % of all pixels, all from the head class
-    t = class_balanced_thresholds(confidence_histogram(probs.argmax(0), quantize_confidence(probs.max(0).values), 2),
-                                  0.2, per_class=False)
+    t = class_balanced_thresholds(probs.argmax(0), probs.float().max(0).values, 0.2, 2, per_class=False)
     assert t[0] == t[1]
 
 

@@ -56,8 +56,11 @@ from .components.losses import pixel_cross_entropy, reweighting_weights, weighte
 log = logging.getLogger("equiseg")
 
 CONFIDENCE_LEVELS = 2**16 - 1
-"""Confidences are quantised to ``round(p * 65535)``: stored as 16-bit PNGs and thresholded on
-these levels, so a stored value v means p within ±0.5/65535 ≈ ±7.6e-6 of v/65535."""
+"""The OW ablation's stored confidences are ``round(p * 65535)`` in 16-bit PNGs (within ±7.6e-6 of
+p): enough for loss weights. Selection never uses them: it compares float32 values exactly."""
+HIGH_BINS = (0x3F800000 >> 16) + 1
+"""Bins of the top 16 bits of a float32 in [0, 1] (1.0 = 0x3F800000)."""
+LOW_BINS = 1 << 16
 PAPER_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 """§3.3: 5 self-training rounds labeling 20 % ... 100 % of the pixels of each class."""
 AUTHORS_SAMPLE_RATIO = 1 / 16
@@ -70,6 +73,8 @@ evaluation must stay those of the self-training rounds."""
 ROUND_RECORD = "round.json"
 PSEUDO_LABEL_DIR = "pseudo_labels"
 CONFIDENCE_DIR = "confidence"
+CONFIDENCE_BITS_DIR = "confidence_float32"
+"""Pass 1's exact confidences (float32 .npy), read by the threshold and selection passes, then removed."""
 PSEUDO_LABEL_LIST = "pseudo_labels.txt"
 PSEUDO_LABEL_STATS = "pseudo_labels.json"
 VALTINY_LIST = "valtiny.txt"
@@ -148,8 +153,16 @@ class DstCbcConfig(MethodConfig):
 
 
 def quantize_confidence(mp: torch.Tensor) -> torch.Tensor:
-    """Confidence in [0, 1] → integer level in [0, CONFIDENCE_LEVELS] (long)."""
+    """Confidence in [0, 1] → integer level in [0, CONFIDENCE_LEVELS] (long), the 16-bit store the
+    OW ablation (``weights: stored``) trains with; thresholds are never taken on it."""
     return (mp.float() * CONFIDENCE_LEVELS).round().long().clamp_(0, CONFIDENCE_LEVELS)
+
+
+def confidence_bits(mp: torch.Tensor) -> torch.Tensor:
+    """The float32 bit pattern of each confidence (long): for p ≥ 0 it orders exactly as p does, so
+    thresholds on it rank pixels exactly as the authors' float32 ``sorted`` (ties only where the
+    float32 values tie)."""
+    return mp.float().clamp(0, 1).contiguous().view(torch.int32).long()
 
 
 def sample_pixels(shape: tuple[int, ...], ratio: float, seed: tuple[int, ...]) -> torch.Tensor:
@@ -159,40 +172,106 @@ def sample_pixels(shape: tuple[int, ...], ratio: float, seed: tuple[int, ...]) -
     return torch.from_numpy(np.random.default_rng(seed).random(shape) < ratio)
 
 
-def confidence_histogram(ml: torch.Tensor, mp_level: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Lines 7-8, ``r_j = concat(r_j, mp[ml == j])``, kept as counts: (C, levels) of how many
-    pixels predicted as class j have each quantised confidence."""
-    bins = CONFIDENCE_LEVELS + 1
-    flat = ml.reshape(-1).long() * bins + mp_level.reshape(-1)
-    return torch.bincount(flat, minlength=num_classes * bins).view(num_classes, bins)
+def high_histogram(ml: torch.Tensor, bits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Lines 7-8, ``r_j = concat(r_j, mp[ml == j])``, kept as counts over the top 16 bits of the
+    float32 pattern: (C, HIGH_BINS)."""
+    flat = ml.reshape(-1).long() * HIGH_BINS + (bits.reshape(-1) >> 16)
+    return torch.bincount(flat, minlength=num_classes * HIGH_BINS).view(num_classes, HIGH_BINS)
 
 
-def top_alpha_thresholds(histogram: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Lines 9-12: per row j, the level t_j such that the ⌈α·len(r_j)⌉ highest confidences of r_j
-    are ≥ t_j. A class with no sampled pixel, and every class at α = 1, gets t = 0 (keep all)."""
-    counts = histogram.sum(1).tolist()
-    ratio = Fraction(repr(float(alpha)))  # exact: α·n = 0.6·5 must be 3, not 3.0000000000000004
-    keep = torch.tensor([-(-ratio.numerator * n // ratio.denominator) for n in counts], device=histogram.device)
-    at_least = histogram.flip(1).cumsum(1)  # at_least[j, i]: pixels of r_j with level ≥ LEVELS - i
-    thresholds = CONFIDENCE_LEVELS - (at_least < keep[:, None]).sum(1)
-    thresholds[torch.tensor(counts, device=histogram.device) == 0] = 0
-    if alpha >= 1:
-        thresholds.zero_()
-    return thresholds
+def low_histogram(ml: torch.Tensor, bits: torch.Tensor, high: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts over the low 16 bits of the pixels whose top 16 bits equal their class's ``high`` bin
+    (the bin holding the class's threshold): (C, LOW_BINS)."""
+    ml, bits = ml.reshape(-1).long(), bits.reshape(-1)
+    inside = (bits >> 16) == high.to(bits.device)[ml]
+    flat = ml[inside] * LOW_BINS + (bits[inside] & 0xFFFF)
+    return torch.bincount(flat, minlength=num_classes * LOW_BINS).view(num_classes, LOW_BINS)
 
 
-def class_balanced_thresholds(histogram: torch.Tensor, alpha: float, per_class: bool = True) -> torch.Tensor:
-    """t_c for every class: CBC ranks each class's confidences separately; DST-C (``per_class``
-    False) ranks all pixels together and uses that one threshold for every class."""
-    if per_class:
-        return top_alpha_thresholds(histogram, alpha)
-    return top_alpha_thresholds(histogram.sum(0, keepdim=True), alpha).expand(histogram.shape[0]).clone()
+def top_alpha_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
+    """⌈α·n⌉ per row (α·n computed exactly: 0.6 x 5 keeps 3, not ⌈3.0000000000000004⌉ = 4)."""
+    ratio = Fraction(repr(float(alpha)))
+    return torch.tensor([-(-ratio.numerator * int(n) // ratio.denominator) for n in counts.tolist()],
+                        device=counts.device)
 
 
-def select_pseudo_labels(ml: torch.Tensor, mp_level: torch.Tensor, thresholds: torch.Tensor,
+def kth_largest_bin(histogram: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the bin b holding the k-th largest element, and the rank of that element within b
+    (k minus the elements in higher bins). Rows with k = 0 give b = 0."""
+    at_least = histogram.flip(1).cumsum(1)   # at_least[j, i]: elements in bins ≥ last - i
+    last = histogram.shape[1] - 1
+    below = (at_least < k[:, None]).sum(1)
+    b = (last - below).clamp_min(0)
+    above = torch.where(below > 0, at_least.gather(1, (below - 1).clamp_min(0)[:, None])[:, 0],
+                        torch.zeros_like(below))
+    return torch.where(k > 0, b, torch.zeros_like(b)), k - above
+
+
+class TopAlphaThresholds:
+    """Lines 9-12 in two passes over the sampled pixels, exact on float32 confidences.
+
+    Pass A counts the top 16 bits of each class's sampled confidences and finds, per class, the bin
+    of its ⌈α·n⌉-th largest one; pass B counts the low 16 bits inside that bin only, which pins the
+    exact value. Both are sums, so processes simply all-reduce them. t_c is a float32 bit pattern:
+    a pixel is kept when ``confidence_bits(mp) ≥ t_ml``. A class with no sampled pixel, and every
+    class at α = 1, gets t = 0 (keep all). ``per_class`` False (DST-C) ranks all pixels together."""
+
+    def __init__(self, num_classes: int, alpha: float, per_class: bool = True, device: Any = "cpu"):
+        self.num_classes, self.alpha, self.per_class = num_classes, alpha, per_class
+        rows = num_classes if per_class else 1
+        self.high = torch.zeros(rows, HIGH_BINS, dtype=torch.long, device=device)
+        self.low = torch.zeros(rows, LOW_BINS, dtype=torch.long, device=device)
+        self.high_bin: Optional[torch.Tensor] = None
+        self.rank: Optional[torch.Tensor] = None
+
+    def _rows(self, ml: torch.Tensor) -> torch.Tensor:
+        return ml if self.per_class else torch.zeros_like(ml)
+
+    def count_high(self, ml: torch.Tensor, bits: torch.Tensor) -> None:             # pass A
+        self.high += high_histogram(self._rows(ml), bits, self.high.shape[0]).to(self.high.device)
+
+    def finish_high(self) -> None:
+        self.keep = top_alpha_counts(self.high.sum(1), self.alpha)
+        self.high_bin, self.rank = kth_largest_bin(self.high, self.keep)
+
+    def count_low(self, ml: torch.Tensor, bits: torch.Tensor) -> None:              # pass B
+        self.low += low_histogram(self._rows(ml), bits, self.high_bin.to(bits.device),
+                                  self.low.shape[0]).to(self.low.device)
+
+    def thresholds(self) -> torch.Tensor:
+        low_bin, _ = kth_largest_bin(self.low, self.rank)
+        t = (self.high_bin << 16) | low_bin
+        t = torch.where(self.keep > 0, t, torch.zeros_like(t))
+        if self.alpha >= 1:
+            t = torch.zeros_like(t)
+        return t if self.per_class else t.expand(self.num_classes).clone()
+
+    @property
+    def sampled_pixels(self) -> int:
+        return int(self.high.sum())
+
+
+def class_balanced_thresholds(ml: torch.Tensor, mp: torch.Tensor, alpha: float, num_classes: int,
+                              per_class: bool = True) -> torch.Tensor:
+    """t_c (float32 bit patterns) from sampled pixels held in memory: both passes of
+    :class:`TopAlphaThresholds` at once (the driver runs them over the stored maps)."""
+    top = TopAlphaThresholds(num_classes, alpha, per_class)
+    bits = confidence_bits(mp)
+    top.count_high(ml, bits)
+    top.finish_high()
+    top.count_low(ml, bits)
+    return top.thresholds()
+
+
+def threshold_values(thresholds: torch.Tensor) -> list[float]:
+    """The float32 confidences the bit-pattern thresholds stand for."""
+    return thresholds.to(torch.int32).view(torch.float32).tolist()
+
+
+def select_pseudo_labels(ml: torch.Tensor, bits: torch.Tensor, thresholds: torch.Tensor,
                          ignore_index: int) -> torch.Tensor:
-    """Lines 13-18 (Eq. 6): Y = ml where mp ≥ t_ml, IGNORE elsewhere."""
-    keep = mp_level >= thresholds.to(ml.device)[ml.long()]
+    """Lines 13-18 (Eq. 6): Y = ml where mp ≥ t_ml (compared as float32 bit patterns), IGNORE elsewhere."""
+    keep = bits >= thresholds.to(ml.device)[ml.long()]
     return torch.where(keep, ml.long(), torch.full_like(ml.long(), ignore_index))
 
 
@@ -280,6 +359,18 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     """uint8 arrays as 8-bit grayscale, uint16 as 16-bit grayscale PNGs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(array)).save(path)
+
+
+def _write_float32(path: Path, values: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, values.float().cpu().numpy())
+
+
+def _read_float32(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def confidence_path(round_dir: Path, pseudo_label: str) -> Path:
@@ -513,10 +604,14 @@ class SelfTraining:
     def _pseudo_label(self, k: int, alpha: float, labeler: torch.nn.Module, round_dir: Path) -> dict:
         """Algorithm 1 over every unlabeled image; writes the round's pseudo-labels, their list and
         ``pseudo_labels.json`` (thresholds, coverage, quality against ground truth when known)."""
-        histogram = self._predict_and_count(k, labeler, round_dir)                        # lines 1-8
-        thresholds = class_balanced_thresholds(histogram, alpha, self.m.thresholds == "class")  # lines 9-12
+        top = TopAlphaThresholds(self.spec.num_classes, alpha, self.m.thresholds == "class", self.device)
+        self._predict_and_count(k, labeler, round_dir, top)                                 # lines 1-8
+        self._count_low_bits(k, round_dir, top)                                             # lines 9-12
+        thresholds = top.thresholds()
         counts, quality = self._select(thresholds.cpu(), round_dir)                         # lines 13-18
+        self._barrier()
         if self.is_main:
+            shutil.rmtree(round_dir / CONFIDENCE_BITS_DIR, ignore_errors=True)
             if self.m.weights != "stored":
                 shutil.rmtree(round_dir / CONFIDENCE_DIR, ignore_errors=True)  # only OW trains on them
             images = self.unlabeled_images
@@ -525,8 +620,8 @@ class SelfTraining:
         predicted, kept = counts["predicted"], counts["kept"]
         stats = {
             "round": k, "alpha": alpha, "thresholds": self.m.thresholds,
-            "sample_ratio": self.m.threshold_sample_ratio, "sampled_pixels": int(histogram.sum()),
-            "class_thresholds": (thresholds.float() / CONFIDENCE_LEVELS).tolist(),
+            "sample_ratio": self.m.threshold_sample_ratio, "sampled_pixels": top.sampled_pixels,
+            "class_thresholds": threshold_values(thresholds.cpu()),
             "coverage": int(kept.sum()) / max(1, int(counts["pixels"])),
             "class_coverage": [kp / pr if pr else None for kp, pr in zip(kept.tolist(), predicted.tolist())],
             "predicted_pixels": predicted.tolist(), "kept_pixels": kept.tolist(),
@@ -536,27 +631,38 @@ class SelfTraining:
         self._write_json(round_dir / PSEUDO_LABEL_STATS, stats)  # marks the pseudo-labels complete
         return stats
 
-    def _predict_and_count(self, k: int, labeler: torch.nn.Module, round_dir: Path) -> torch.Tensor:
-        """Pass 1: ml, mp of every image (written as PNGs) and the (C, levels) histogram of the
-        sampled pixels' confidences per predicted class, summed over all processes."""
+    def _sample(self, k: int, i: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return sample_pixels(shape, self.m.threshold_sample_ratio, (self.cfg.run.seed, k, i))
+
+    def _predict_and_count(self, k: int, labeler: torch.nn.Module, round_dir: Path, top: TopAlphaThresholds) -> None:
+        """Pass 1: ml, mp of every image (written to the round folder) and pass A of the thresholds
+        over the sampled pixels, summed over all processes."""
         C, images, names = self.spec.num_classes, self.unlabeled_images, self.unlabeled_images.names
         mode = "whole" if self.cfg.eval.mode == "center" else self.cfg.eval.mode  # label every pixel
         window = self.cfg.eval.crop_size or self.cfg.data.crop_size
-        histogram = torch.zeros(C, CONFIDENCE_LEVELS + 1, dtype=torch.long, device=self.device)
         with torch.no_grad():
             for i, x in _prefetch(_ImageView(images, self._shard()), self.cfg.data.num_workers):
                 p = predict_probs(labeler, x[None].to(self.device), mode=mode, crop_size=window,
                                   stride=self.cfg.eval.stride, num_classes=C, autocast=self.autocast)[0]
                 mp, ml = p.max(0)                                                        # lines 4-6
-                mp_level = quantize_confidence(mp)
-                sample = sample_pixels(tuple(ml.shape), self.m.threshold_sample_ratio, (self.cfg.run.seed, k, i))
-                sample = sample.to(self.device)
-                histogram += confidence_histogram(ml[sample], mp_level[sample], C)            # lines 7-8
+                sample = self._sample(k, i, tuple(ml.shape)).to(self.device)
+                top.count_high(ml[sample], confidence_bits(mp[sample]))                  # lines 7-8
                 name = f"{names[i]}.png"
                 _write_png(round_dir / PSEUDO_LABEL_DIR / name, ml.cpu().numpy().astype(np.uint8))
-                _write_png(round_dir / CONFIDENCE_DIR / name, mp_level.cpu().numpy().astype(np.uint16))
-        _all_reduce_sum(histogram, self.device)
-        return histogram
+                _write_float32(round_dir / CONFIDENCE_BITS_DIR / f"{names[i]}.npy", mp)
+                if self.m.weights == "stored":
+                    _write_png(round_dir / CONFIDENCE_DIR / name,
+                               quantize_confidence(mp).cpu().numpy().astype(np.uint16))
+        _all_reduce_sum(top.high, self.device)
+        top.finish_high()
+
+    def _count_low_bits(self, k: int, round_dir: Path, top: TopAlphaThresholds) -> None:
+        """Pass B of the thresholds: the same sampled pixels, read back from the stored maps."""
+        for i, ml, mp, _ in _prefetch(_RawView(self.unlabeled_images, self._shard(), round_dir, with_gt=False),
+                                      self.cfg.data.num_workers):
+            sample = self._sample(k, i, tuple(ml.shape))
+            top.count_low(ml[sample], confidence_bits(mp[sample]))
+        _all_reduce_sum(top.low, self.device)
 
     def _select(self, thresholds: torch.Tensor, round_dir: Path) -> tuple[dict, Optional[dict]]:
         """Pass 2: apply the thresholds to the stored (ml, mp) maps, overwrite the pseudo-labels, and
@@ -565,9 +671,9 @@ class SelfTraining:
         counts = {"predicted": torch.zeros(C, dtype=torch.long), "kept": torch.zeros(C, dtype=torch.long),
                   "pixels": torch.zeros(1, dtype=torch.long), "with_gt": torch.zeros(1, dtype=torch.long)}
         matrix = ConfusionMatrix(C, ignore, device=self.device)
-        for i, ml, mp_level, gt in _prefetch(_RawView(self.unlabeled_images, self._shard(), round_dir),
-                                             self.cfg.data.num_workers):
-            y = select_pseudo_labels(ml, mp_level, thresholds, ignore)                     # lines 13-18
+        for i, ml, mp, gt in _prefetch(_RawView(self.unlabeled_images, self._shard(), round_dir),
+                                       self.cfg.data.num_workers):
+            y = select_pseudo_labels(ml, confidence_bits(mp), thresholds, ignore)          # lines 13-18
             _write_png(round_dir / PSEUDO_LABEL_DIR / f"{names[i]}.png", y.numpy().astype(np.uint8))
             kept = y != ignore
             counts["predicted"] += torch.bincount(ml.reshape(-1), minlength=C)
@@ -810,10 +916,10 @@ class _ImageView(torch.utils.data.Dataset):
 
 
 class _RawView(torch.utils.data.Dataset):
-    """Pass 2 input: (index, ml, mp level, ground truth or None) at the working resolution."""
+    """Pass B / pass 2 input: (index, ml, float32 mp, ground truth or None) at the working resolution."""
 
-    def __init__(self, images: Any, indices: range, round_dir: Path):
-        self.images, self.indices, self.round_dir = images, list(indices), round_dir
+    def __init__(self, images: Any, indices: range, round_dir: Path, with_gt: bool = True):
+        self.images, self.indices, self.round_dir, self.with_gt = images, list(indices), round_dir, with_gt
         self.names = images.names
 
     def __len__(self) -> int:
@@ -823,11 +929,11 @@ class _RawView(torch.utils.data.Dataset):
         i = self.indices[j]
         name = f"{self.names[i]}.png"
         ml = torch.from_numpy(_read_png(self.round_dir / PSEUDO_LABEL_DIR / name).astype(np.int64))
-        level = torch.from_numpy(_read_png(self.round_dir / CONFIDENCE_DIR / name).astype(np.int64))
+        mp = torch.from_numpy(_read_float32(self.round_dir / CONFIDENCE_BITS_DIR / f"{self.names[i]}.npy"))
         gt = None
-        if self.images.label_path(i) is not None:  # ground truth known: to measure the pseudo-labels
+        if self.with_gt and self.images.label_path(i) is not None:  # known: to measure the pseudo-labels
             gt = torch.from_numpy(self.images.decode(i, with_label=True)[1].astype(np.int64))
-        return i, ml, level, gt
+        return i, ml, mp, gt
 
 
 def _prefetch(dataset: torch.utils.data.Dataset, num_workers: int):
