@@ -214,7 +214,18 @@ def test_cli_splits_writes_nested_lists(data_root, tmp_path, capsys):
 
 def test_demo_quick(tmp_path, capsys):
     assert cli(["demo", "--quick", "--out", str(tmp_path / "demo"), "--iterations", "6"]) == 0
-    assert "mIoU" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    table = out[out.index("val IoU %"):]
+    assert "supervised" in table and "cutmix" in table and "gain" in table
+    assert "bicycle" in table and "tail mIoU" in table and "head mIoU" in table
+    assert (tmp_path / "demo" / "data_quick" / "train.txt").is_file()
+    assert not (tmp_path / "demo" / "data_full").exists()        # quick and full never share data
+
+
+def test_demo_rejects_a_bad_method_before_generating_data(tmp_path, capsys):
+    with pytest.raises(SystemExit):                                # argparse: the choices are listed
+        cli(["demo", "--method", "nope", "--out", str(tmp_path / "demo")])
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
 def test_predict_with_a_camvid_cpu_config_at_half_scale(data_root, tmp_path, capsys):

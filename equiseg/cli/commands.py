@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError, load_config, validate_config
+from ..config import Config, ConfigError, config_to_yaml, load_config, validate_config
 from ..errors import DataError, WeightsError
 
 
@@ -266,6 +266,27 @@ def cmd_bench(args) -> int:
 # --------------------------------------------------------------------------- demo
 
 
+DEMO_METHODS = ("cutmix", "ael", "fixmatch", "mean_teacher", "hagseg")
+"""Semi-supervised methods the demo can put beside the supervised baseline (DST-CBC's offline
+rounds do not fit its few minutes)."""
+DEMO_SIZES = {"full": {"n_train": 400, "n_val": 60, "iterations": 600},
+              "quick": {"n_train": 64, "n_val": 16, "iterations": 30}}
+
+
+def demo_short_schedule(method: str, iterations: int) -> dict:
+    """The CPU preset's short-schedule settings (docs/semisup_cpu.md), scaled to the demo's length."""
+    if method == "supervised":
+        return {}
+    options: dict = {"supervised_warmup": iterations // 4, "teacher_bn": "eval", "ema_buffers": "ema"}
+    if method in ("cutmix", "ael"):
+        options.update(confidence_threshold=0.95, loss_denominator="valid")
+    if method == "ael":
+        options.update(adaptive_threshold=True, bank_momentum=0.99)
+    if method == "hagseg":
+        options.update(confidence_threshold=0.7, ema_momentum=0.99, background_classes=[])
+    return options
+
+
 def demo_config(data_root: Path, run_dir: Path, method: str, iterations: int) -> Config:
     """A CPU-sized run on the synthetic long-tailed scenes: 1/8 of the images labeled."""
     return validate_config({
@@ -275,27 +296,73 @@ def demo_config(data_root: Path, run_dir: Path, method: str, iterations: int) ->
         "model": {"arch": "deeplabv3plus", "backbone": "mobilenet_v2", "output_stride": 16},
         "optim": {"iterations": iterations, "lr": 0.02, "head_lr_mult": 10, "warmup_iterations": 20},
         "train": {"log_every": 25, "eval_every": max(iterations // 2, 1), "checkpoint_every": 100,
-                  "sample_every": max(iterations // 2, 1)},
+                  "sample_every": max(iterations // 2, 1), "progress_bar": False},
         "eval": {"mode": "whole"},
-        "method": {"name": method},
+        "method": {"name": method, **demo_short_schedule(method, iterations)},
     })
 
 
-def cmd_demo(args) -> int:
-    from ..data.synthetic import make_synthetic_dataset
-    from ..methods import method_class
+def _demo_data(out: Path, size: str) -> Path:
+    """The demo's data folder for this size (quick and full never share one); generated once."""
+    params = DEMO_SIZES[size]
+    root = out / f"data_{size}"
+    stamp = {"n_train": params["n_train"], "n_val": params["n_val"], "seed": 0}
+    stamp_file = root / "demo_data.json"
+    if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+        if root.exists():
+            shutil.rmtree(root)
+        print(f"generating the synthetic long-tailed dataset in {root} ...")
+        from ..data.synthetic import make_synthetic_dataset
+        make_synthetic_dataset(root, n_train=params["n_train"], n_val=params["n_val"], seed=0)
+        stamp_file.write_text(json.dumps(stamp))
+    return root
 
+
+def cmd_demo(args) -> int:
+    from ..bench import BenchOptions, failed, run_bench
+
+    if args.method not in DEMO_METHODS:  # before any data is generated
+        raise ConfigError(f"demo: --method must be one of {', '.join(DEMO_METHODS)}, got '{args.method}'")
+    size = "quick" if args.quick else "full"
+    iterations = args.iterations or DEMO_SIZES[size]["iterations"]
+    if iterations < 1:
+        raise ConfigError(f"demo: --iterations must be at least 1, got {iterations}")
     out = Path(args.out)
-    n_train, n_val, iterations = (64, 16, 30) if args.quick else (400, 60, 600)
-    iterations = args.iterations or iterations
-    data_root = out / "data"
-    if not (data_root / "train.txt").is_file():
-        print(f"generating the synthetic long-tailed dataset in {data_root} ...")
-        make_synthetic_dataset(data_root, n_train=n_train, n_val=n_val, seed=0)
-    run_dir = out / f"run_{args.method}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    cfg = demo_config(data_root, run_dir, args.method, iterations)
-    result = method_class(cfg.method.name).run(cfg, run_dir, None)
-    _print_summary(result.last, result.best, result.best_iteration, run_dir)
+    data_root = _demo_data(out, size)
+    configs = []
+    for method in ("supervised", args.method):  # the bench places the runs in <out>/<size>_bench/<method>_seed0
+        path = out / f"{size}_{method}.yaml"
+        path.write_text(config_to_yaml(demo_config(data_root, out / "unused", method, iterations)))
+        configs.append(str(path))
+    print(f"training supervised and {args.method} side by side on the same data and budget "
+          f"({iterations} iterations, 1/8 of the images labeled) ...")
+    records = run_bench(BenchOptions(out=out / f"{size}_bench", configs=configs, jobs=2))
+    if failed(records):
+        return 1
+    print(demo_table(records, args.method))
     return 0
+
+
+def demo_table(records: list, method: str) -> str:
+    """Per-class IoU of the two runs' last checkpoints side by side, with the gain."""
+    from ..data.synthetic import SYNTHETIC_SPEC
+
+    by_method = {r.method: r for r in records}
+    sup, semi = by_method["supervised"], by_method[method]
+    names, tails = SYNTHETIC_SPEC.class_names, set(SYNTHETIC_SPEC.tail_ids)
+    rows = [f"{'class':<12} {'tail':<4} {'supervised':>10} {method:>12} {'gain':>7}", "-" * 49]
+    for c, name in enumerate(names):
+        a, b = sup.iou_last[c], semi.iou_last[c]
+        gain = f"{100 * (b - a):+7.2f}" if a is not None and b is not None else "    n/a"
+        fmt = lambda v: f"{100 * v:.2f}" if v is not None else "n/a"  # noqa: E731
+        rows.append(f"{name:<12} {'*' if c in tails else '':<4} {fmt(a):>10} {fmt(b):>12} {gain}")
+    rows.append("-" * 49)
+    for label, key in (("mIoU", "miou_last"), ("tail mIoU", "tail_miou_last")):
+        a, b = getattr(sup, key), getattr(semi, key)
+        rows.append(f"{label:<17} {100 * a:>10.2f} {100 * b:>12.2f} {100 * (b - a):+7.2f}")
+    head = [c for c in range(len(names)) if c not in tails]
+    mean = lambda r: sum(r.iou_last[c] for c in head) / len(head)  # noqa: E731
+    rows.append(f"{'head mIoU':<17} {100 * mean(sup):>10.2f} {100 * mean(semi):>12.2f} "
+                f"{100 * (mean(semi) - mean(sup)):+7.2f}")
+    return ("\nval IoU % of the last checkpoints (* = tail class); same labeled images, same budget; "
+            f"{method} also sees the unlabeled 7/8:\n" + "\n".join(rows))

@@ -110,11 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="check every file again, even those a run checked before")
     _add_overrides(p)
 
-    p = sub.add_parser("demo", help="train and evaluate on a generated synthetic dataset (no download)")
-    p.add_argument("--out", default="runs/demo", help="folder for the data and the run")
-    p.add_argument("--method", default="supervised")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    p = sub.add_parser("demo", help="supervised vs a semi-supervised method on generated long-tailed data (no "
+                                     "download): one side-by-side per-class table")
+    p.add_argument("--out", default="runs/demo", help="folder for the generated data and the two runs (default runs/demo)")
+    p.add_argument("--method", default="cutmix", choices=["cutmix", "ael", "fixmatch", "mean_teacher", "hagseg"],
+                   help="the semi-supervised method trained beside supervised, with the CPU preset's short-schedule "
+                        "settings (default cutmix)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training iterations of each run (default 600; 30 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="a much smaller dataset and run, for smoke tests (its own data folder)")
     return parser
 
 
