@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -92,6 +93,8 @@ class ModelConfig(Section):
     sync_bn: bool = True
     """Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."""
     dropout: float = Field(0.1, ge=0, lt=1)
+    head_channels: int = Field(256, ge=8)
+    """Width of DeepLabv3+'s ASPP and decoder convs: 256 in the papers; the demo uses 64 to fit minutes of CPU."""
 
 
 class OptimConfig(Section):
@@ -252,21 +255,95 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+EXTENDS_KEY = "extends"
+"""Top-level key naming the config file(s) a config builds on, relative to the file itself."""
+
+
+def _merge(base: dict, child: dict, source: str, provenance: dict[str, str], prefix: str = "") -> dict:
+    """``child`` laid over ``base`` key by key (sections merge, values replace); records which file
+    set each key. A ``method`` section naming another method replaces the base's: the options of
+    one method mean nothing to another."""
+    merged = dict(base)
+    for key, value in child.items():
+        dotted = f"{prefix}{key}"
+        replace = (dotted == "method" and isinstance(value, dict) and isinstance(base.get(key), dict)
+                   and "name" in value and value["name"] != base[key].get("name"))
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and not replace:
+            merged[key] = _merge(base[key], value, source, provenance, dotted + ".")
+        else:
+            if replace:
+                for stale in [k for k in provenance if k.startswith(dotted + ".")]:
+                    del provenance[stale]
+            merged[key] = copy.deepcopy(value)
+            _record(value, source, provenance, dotted)
+    return merged
+
+
+def _record(value: Any, source: str, provenance: dict[str, str], dotted: str) -> None:
+    provenance[dotted] = source
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _record(child, source, provenance, f"{dotted}.{key}")
+
+
+def read_config_file(path: Union[str, Path], provenance: Optional[dict[str, str]] = None,
+                     _chain: tuple[Path, ...] = ()) -> dict:
+    """The raw mapping of a YAML config with its ``extends:`` bases merged in (bases first, in the
+    order listed, then the file's own keys). ``provenance`` receives, for every dotted key, the
+    file that set it."""
+    p = Path(path)
+    if not p.is_file():
+        via = f" (extended by {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {p}{via}")
+    if p.resolve() in [c.resolve() for c in _chain]:
+        loop = " -> ".join(str(c) for c in (*_chain, p))
+        raise ConfigError(f"config files extend each other in a loop: {loop}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    provenance = {} if provenance is None else provenance
+    bases = raw.pop(EXTENDS_KEY, None)
+    merged: dict = {}
+    if bases is not None:
+        if isinstance(bases, str):
+            bases = [bases]
+        if not (isinstance(bases, list) and bases and all(isinstance(b, str) for b in bases)):
+            raise ConfigError(f"config file {p}: '{EXTENDS_KEY}' must be a file name or a list of them, got {bases!r}")
+        for base in bases:
+            base_provenance: dict[str, str] = {}
+            base_raw = read_config_file(p.parent / base, base_provenance, (*_chain, p))
+            merged = _merge(merged, base_raw, "", provenance)
+            provenance.update(base_provenance)
+    return _merge(merged, raw, str(p), provenance)
+
+
+def _name_sources(message: str, provenance: dict[str, str]) -> str:
+    """Append to each error line the file (or override) that set the key it names."""
+    lines = []
+    for line in message.splitlines():
+        match = re.search(r"'((?:[A-Za-z_][\w]*\.)+[\w]+)'", line)
+        key = match.group(1) if match else None
+        while key and key not in provenance and "." in key:
+            key = key.rsplit(".", 1)[0]
+        lines.append(f"{line} (in {provenance[key]})" if key in provenance else line)
+    return "\n".join(lines)
+
+
 def load_config(path: Union[str, Path, None], overrides: Optional[list[str]] = None) -> Config:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    """Read a YAML config (with its ``extends:`` bases; defaults when ``path`` is None), apply
+    ``key=value`` overrides and validate; an error names the key and the file that set it."""
+    provenance: dict[str, str] = {}
+    raw = read_config_file(path, provenance) if path is not None else {}
+    for text in overrides or []:
+        provenance[".".join(parse_override(text)[0])] = f"override {text}"
     raw = apply_overrides(raw, overrides or [])
-    return validate_config(raw)
+    try:
+        return validate_config(raw)
+    except ConfigError as err:
+        raise ConfigError(_name_sources(str(err), provenance)) from None
 
 
 def config_to_yaml(cfg: Config) -> str:

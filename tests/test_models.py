@@ -247,11 +247,23 @@ def test_head_init():
         (dict(arch="deeplabv2", backbone="resnet101", output_stride=8, aux_head=True), "model.aux_head"),
         (dict(backbone="mobilenet_v2", deep_stem=True), "model.deep_stem"),
         (dict(backbone="mobilenet_v2", multi_grid=True), "model.multi_grid"),
+        (dict(arch="deeplabv2", backbone="resnet101", output_stride=8, head_channels=64), "model.head_channels"),
     ],
 )
 def test_build_model_config_errors(options, key):
     with pytest.raises(ConfigError, match=key):
         build_model(ModelConfig(**options), NUM_CLASSES)
+
+
+def test_head_channels_narrow_the_head_only():
+    wide = build_model(ModelConfig(), NUM_CLASSES)
+    narrow = build_model(ModelConfig(head_channels=64), NUM_CLASSES)
+    assert narrow.decoder.classifier.in_channels == 64 and wide.decoder.classifier.in_channels == 256
+    assert narrow.decoder.aspp.project[0][0].out_channels == 64
+    backbone_keys = {k for k in wide.state_dict() if k.startswith("backbone.")}
+    assert backbone_keys == {k for k in narrow.state_dict() if k.startswith("backbone.")}
+    narrow.eval()
+    assert narrow(torch.randn(1, 3, 64, 64))["out"].shape == (1, NUM_CLASSES, 64, 64)
 
 
 def test_convert_sync_batchnorm():

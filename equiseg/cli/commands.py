@@ -273,6 +273,11 @@ DEMO_SIZES = {"full": {"n_train": 400, "n_val": 60, "iterations": 600},
               "quick": {"n_train": 64, "n_val": 16, "iterations": 30}}
 
 
+DEMO_HEAD_CHANNELS = 64
+"""A quarter of DeepLabv3+'s 256-channel head: the head is most of the cost at the demo's small
+crops, and this keeps two runs within minutes of CPU."""
+
+
 def demo_short_schedule(method: str, iterations: int) -> dict:
     """The CPU preset's short-schedule settings (docs/semisup_cpu.md), scaled to the demo's length."""
     if method == "supervised":
@@ -293,7 +298,8 @@ def demo_config(data_root: Path, run_dir: Path, method: str, iterations: int) ->
         "run": {"name": run_dir.name, "output_dir": str(run_dir.parent), "seed": 0},
         "data": {"dataset": "synthetic", "root": str(data_root), "labeled": "1/8",
                  "crop_size": [96, 128], "scale_range": [0.75, 1.5], "batch_size": 8, "num_workers": 1},
-        "model": {"arch": "deeplabv3plus", "backbone": "mobilenet_v2", "output_stride": 16},
+        "model": {"arch": "deeplabv3plus", "backbone": "mobilenet_v2", "output_stride": 16,
+                  "head_channels": DEMO_HEAD_CHANNELS},
         "optim": {"iterations": iterations, "lr": 0.02, "head_lr_mult": 10, "warmup_iterations": 20},
         "train": {"log_every": 25, "eval_every": max(iterations // 2, 1), "checkpoint_every": 100,
                   "sample_every": max(iterations // 2, 1), "progress_bar": False},

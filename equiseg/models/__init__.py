@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .base import SegmentationModel
 from .deeplabv2 import OUTPUT_STRIDE as DEEPLABV2_OUTPUT_STRIDE
 from .deeplabv2 import DeepLabV2
+from .deeplabv3plus import DECODER_CHANNELS as DEEPLABV3PLUS_HEAD_CHANNELS
 from .deeplabv3plus import DeepLabV3Plus
 from .mobilenetv2 import MobileNetV2
 from .pretrained import LoadedWeights, load_backbone_weights
@@ -83,13 +84,16 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
             )
         if cfg.aux_head:
             raise ConfigError("model.aux_head is not available for model.arch=deeplabv2 (it has no aux head)")
+        if cfg.head_channels != DEEPLABV3PLUS_HEAD_CHANNELS:
+            raise ConfigError("model.head_channels applies to model.arch=deeplabv3plus only")
 
     backbone = build_backbone(cfg)
     if cfg.pretrained:
         load_backbone_weights(backbone, cfg.pretrained)
     if cfg.arch == "deeplabv2":
         return DeepLabV2(backbone, num_classes)
-    return DeepLabV3Plus(backbone, num_classes, aux_head=cfg.aux_head, dropout=cfg.dropout)
+    return DeepLabV3Plus(backbone, num_classes, aux_head=cfg.aux_head, dropout=cfg.dropout,
+                         head_channels=cfg.head_channels)
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group: Optional["dist.ProcessGroup"] = None) -> nn.Module:

@@ -78,17 +78,19 @@ class DeepLabV3PlusDecoder(nn.Module):
         output_stride: int,
         dropout: float,
         norm_layer: NormLayer,
+        head_channels: int = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(high_channels, aspp_rates(output_stride), dropout=dropout, norm_layer=norm_layer)
+        self.aspp = ASPP(high_channels, aspp_rates(output_stride), out_channels=head_channels, dropout=dropout,
+                         norm_layer=norm_layer)
         self.low_project = ConvBNReLU(low_channels, LOW_LEVEL_CHANNELS, kernel_size=1, norm_layer=norm_layer)
         self.fuse = nn.Sequential(
-            ConvBNReLU(ASPP_CHANNELS + LOW_LEVEL_CHANNELS, DECODER_CHANNELS, 3, norm_layer=norm_layer),
+            ConvBNReLU(head_channels + LOW_LEVEL_CHANNELS, head_channels, 3, norm_layer=norm_layer),
             nn.Dropout2d(dropout),
-            ConvBNReLU(DECODER_CHANNELS, DECODER_CHANNELS, 3, norm_layer=norm_layer),
+            ConvBNReLU(head_channels, head_channels, 3, norm_layer=norm_layer),
             nn.Dropout2d(dropout),
         )
-        self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(head_channels, num_classes, kernel_size=1)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         high = resize_to(self.aspp(high), low.shape[-2:])
@@ -112,12 +114,14 @@ class DeepLabV3Plus(SegmentationModel):
         aux_head: bool = False,
         dropout: float = 0.1,
         norm_layer: NormLayer = nn.BatchNorm2d,
+        head_channels: int = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         channels = backbone.channels
         self.decoder = DeepLabV3PlusDecoder(
-            channels["low"], channels["high"], num_classes, backbone.output_stride, dropout, norm_layer
+            channels["low"], channels["high"], num_classes, backbone.output_stride, dropout, norm_layer,
+            head_channels=head_channels,
         )
         self.aux_head = FCNAuxHead(channels["aux"], num_classes, dropout, norm_layer) if aux_head else None
         init_head_weights(self.decoder)
