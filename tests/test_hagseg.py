@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from equiseg.config import load_config, validate_config
@@ -477,7 +476,8 @@ def test_configs_load_and_table4_rows_switch():
                 m.cutmix_branch, m.cutmix_branch and m.hardness_cutmix) == expected, row
     (row1,) = (REPO_ROOT / "configs" / "hagseg" / "table4").glob("*row1_supervised.yaml")
     assert load_config(row1).method.name == "supervised"
-    camvid = yaml.safe_load((REPO_ROOT / "configs" / "hagseg" / "camvid_mbv2.yaml").read_text())
-    reference = yaml.safe_load((REPO_ROOT / "configs" / "camvid" / "supervised_mbv2.yaml").read_text())
+    camvid = load_config(REPO_ROOT / "configs" / "hagseg" / "camvid_mbv2.yaml").model_dump()
+    reference = load_config(REPO_ROOT / "configs" / "camvid" / "supervised_mbv2.yaml").model_dump()
     assert camvid["model"] == reference["model"] and camvid["optim"] == reference["optim"]
-    assert {k: v for k, v in camvid["data"].items() if k != "unlabeled_batch_size"} == reference["data"]
+    assert ({k: v for k, v in camvid["data"].items() if k != "unlabeled_batch_size"}
+            == {k: v for k, v in reference["data"].items() if k != "unlabeled_batch_size"})
