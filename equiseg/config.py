@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 
 from .errors import ConfigError
+from .registry import METHODS
 
 
 class Section(BaseModel):
@@ -167,12 +168,10 @@ class Config(Section):
 
 
 def _method_config(value: dict) -> MethodConfig:
-    from .methods import method_config_class  # late import: methods register themselves
-
     name = value.get("name")
     if name is None:
         raise ValueError("method.name is required")
-    cls = method_config_class(name)
+    cls = METHODS.get(name).config_class
     try:
         return cls.model_validate(value)
     except ValidationError as err:

@@ -17,6 +17,7 @@ from equiseg.data.spec import DatasetSpec
 from equiseg.data.synthetic import make_synthetic_dataset
 from equiseg.data.transforms import train_transform
 from equiseg.errors import ConfigError
+from equiseg.engine.run import train_run
 from equiseg.methods import method_class
 from equiseg.methods.base import MethodContext
 from equiseg.methods.dst_cbc import (CONFIDENCE_LEVELS, PseudoLabeledDataset, RoundJob, SelfTraining,
@@ -406,7 +407,7 @@ def test_tiny_real_run_with_stored_weights(tiny_root, tmp_path, tiny_models):
     """The real trainer for every round (a tiny network in place of MobileNetV2)."""
     cfg = _run_config(tiny_root, weights="stored")
     run_dir = tmp_path / "real"
-    result = method_class("dst_cbc").run(cfg, run_dir)
+    result = train_run(cfg, run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     assert len(results["rounds"]) == 3 and math.isfinite(results["last"]["miou"])
     assert result.last["round"] == 2

@@ -15,7 +15,7 @@ from PIL import Image
 from equiseg.cli.main import main as cli
 from equiseg.config import validate_config
 from equiseg.data.synthetic import make_synthetic_dataset
-from equiseg.methods import method_class
+from equiseg.engine.run import train_run
 from equiseg.report import RunFolder, RunFolderError, build_html, load_run, write_report
 from equiseg.report.html import hardness_section
 from test_dst_cbc import TinySegModel
@@ -48,7 +48,7 @@ def ael_run(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report_runs")
     raw = tiny_config(data_root, out, method="ael", iterations=AEL_ITERATIONS, train__eval_every=AEL_EVAL_EVERY,
                       train__log_every=2, method__bank_momentum=0.9)
-    method_class("ael").run(validate_config(raw), out / "ael")
+    train_run(validate_config(raw), out / "ael")
     return out / "ael"
 
 
@@ -164,7 +164,7 @@ def test_report_of_a_dst_cbc_run_shows_rounds(data_root, tmp_path, monkeypatch):
     raw = tiny_config(data_root, tmp_path, method="dst_cbc", iterations=2, train__eval_every=100)
     raw["method"].update(alphas=[0.5, 1.0], threshold_sample_ratio=0.25, supervised_overrides={"optim.iterations": 3})
     run_dir = tmp_path / "dst"
-    method_class("dst_cbc").run(validate_config(raw), run_dir)
+    train_run(validate_config(raw), run_dir)
 
     page = write_report(run_dir, num_images=1).read_text()
     rounds = section(page, "rounds")

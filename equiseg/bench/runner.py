@@ -133,14 +133,14 @@ def train_worker(raw_cfg: dict, run_dir: str, resume: Optional[str], queue, thre
 
         from ..config import validate_config
         from ..engine.distributed import pick_device
-        from ..methods import method_class
+        from ..engine.run import train_run
 
         cfg = validate_config(raw_cfg)
         device = pick_device(cfg.run.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        method_class(cfg.method.name).run(cfg, Path(run_dir), Path(resume) if resume else None)
+        train_run(cfg, Path(run_dir), Path(resume) if resume else None)
         wall = time.perf_counter() - start
         peak, kind = _peak_memory(device.type)
         queue.put({"wall_s": wall, "peak_memory_bytes": peak, "memory_kind": kind, "device": str(device)})

@@ -47,12 +47,12 @@ def _is_main_process() -> bool:
 
 
 def cmd_train(args) -> int:
-    from ..methods import method_class
+    from ..engine.run import train_run
 
     cfg = load_config(args.config, args.overrides)
     run_dir = resolve_run_dir(cfg, args.run_dir)
     resume = resolve_resume(run_dir, args.resume, args.overwrite)
-    result = method_class(cfg.method.name).run(cfg, run_dir, resume)
+    result = train_run(cfg, run_dir, resume)
     if _is_main_process():
         _print_summary(result.last, result.best, result.best_iteration, run_dir)
     return 0

@@ -29,9 +29,9 @@ from ..data.transforms import AUDIT_LABEL_KEY
 from ..errors import DataError, TrainingError
 from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PseudoLabelAudit, flatten_record
 from ..evaluation.evaluator import evaluate
-from ..methods import method_class
 from ..methods.base import Method, MethodContext, StepOutput, unwrap
 from ..models import build_model, convert_sync_batchnorm
+from ..registry import METHODS
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, all_reduce_sum_tensor, barrier,
                           broadcast_buffers, init_distributed)
@@ -142,7 +142,7 @@ class Trainer:
         setup_logging(self.run_dir, self.dist.is_main)
         seed_everything(cfg.run.seed, self.dist.rank, cfg.run.deterministic)
 
-        self.method_cls: type[Method] = method_class(cfg.method.name)
+        self.method_cls: type[Method] = METHODS.get(cfg.method.name)
         self.data: RunData = build_run_data(cfg, strong_view=self.method_cls.strong_view,
                                             needs_unlabeled=self.method_cls.uses_unlabeled,
                                             unlabeled_labels=self.method_cls.unlabeled_labels,

@@ -15,16 +15,15 @@ import torch
 from torch import nn
 
 from ..config import MethodConfig
-
-METHOD_REGISTRY: dict[str, type["Method"]] = {}
+from ..registry import METHODS
 
 
 def register_method(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make the method findable by its config's ``name``."""
     name = cls.config_class.model_fields["name"].default
     if not name:
         raise TypeError(f"{cls.__name__}.config_class must give 'name' a default")
-    METHOD_REGISTRY[name] = cls
-    return cls
+    return METHODS.register(name, cls)
 
 
 @dataclass
@@ -94,13 +93,9 @@ class Method(nn.Module):
     """Whether the unlabeled list's second column is loaded as ``label`` (offline pseudo-labels,
     as in DST-CBC). Otherwise ground truth in an unlabeled list is never read for training."""
 
-    @classmethod
-    def run(cls, cfg, run_dir, resume=None):
-        """Train a whole run. One trainer run by default; offline multi-round methods
-        (DST-CBC) override this to drive several trainer runs."""
-        from ..engine.trainer import Trainer
-
-        return Trainer(cfg, run_dir, resume).fit()
+    run_rounds: ClassVar[Optional[Callable[..., Any]]] = None
+    """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, resume)`` driving
+    several trainer runs; the engine (``engine/run.py``) calls it instead of one trainer run."""
 
     def __init__(self, cfg: MethodConfig, student: nn.Module, ctx: MethodContext):
         super().__init__()

@@ -307,8 +307,8 @@ class DstCbc(Method):
     """The round driver supplies the pseudo-labeled dataset itself (:class:`PseudoLabeledDataset`):
     the list dataset cannot carry OW's stored confidences through the augmentation."""
 
-    @classmethod
-    def run(cls, cfg, run_dir, resume=None):
+    @staticmethod
+    def run_rounds(cfg, run_dir, resume=None):
         return SelfTraining(cfg, Path(run_dir), resume=resume is not None).run()
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
