@@ -37,7 +37,7 @@ class RunConfig(Section):
 
 class DataConfig(Section):
     dataset: str = "camvid"
-    """Name of a dataset definition (equiseg.data.datasets) or ``folder`` / ``synthetic``."""
+    """Name of a dataset definition (a file of equiseg/data/definitions/, e.g. ``camvid``, ``folder``, ``synthetic``)."""
     root: str = "../shared/data/camvid"
     classes: Optional[list[str]] = None
     """Class names, required by the ``folder`` dataset only."""

@@ -48,3 +48,7 @@ class Registry:
 METHODS = Registry("method", [f"equiseg.methods.{module}" for module in
                               ("supervised", "mean_teacher", "cutmix", "fixmatch", "ael", "dst_cbc", "hagseg")])
 """Training methods by ``method.name``: each a :class:`equiseg.methods.base.Method` subclass."""
+
+DATASETS = Registry("dataset", ["equiseg.data.definitions"])
+"""Dataset definitions by ``data.dataset``: :class:`equiseg.data.definitions.base.DatasetDefinition`
+subclasses, one file each in ``equiseg/data/definitions/``."""

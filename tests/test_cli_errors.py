@@ -95,7 +95,7 @@ def test_data_error_in_a_loader_worker_is_one_line(data_root, tmp_path, capsys):
 
 
 def test_permission_denied_names_the_file(data_root, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from equiseg.data import datasets
+    from equiseg.data import io as datasets
     victim = sorted((data_root / "images").glob("val_*.png"))[0]
     original = datasets.Image.open
 

@@ -12,7 +12,9 @@ from conftest import PATTERN_COLOURS, PATTERN_SPEC, pattern_pair, write_png
 from equiseg.config import DataConfig
 from equiseg.data.augment import StrongPhotometric, cutmix_box_mask, random_box_masks
 from equiseg.data.build import build_run_data, resolve_split
-from equiseg.data.datasets import ListDataset, Pair, get_dataset_definition, read_list_file
+from equiseg.data.list_dataset import ListDataset
+from equiseg.data.io import Pair, read_list_file
+from equiseg.data.definitions import get_dataset_definition
 from equiseg.data.spec import IGNORE_INDEX
 from equiseg.data.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_SPEC, SYNTHETIC_TAIL, class_frequencies,
                                     make_synthetic_arrays)
@@ -268,7 +270,7 @@ def test_camvid_definition_on_real_data(camvid_root):
     values = set(torch.unique(s["label"]).tolist())
     assert values <= set(range(11)) | {255} and values & set(range(11))
     # Raw void (11) becomes ignore.
-    from equiseg.data.datasets import decode_mask
+    from equiseg.data.io import decode_mask
 
     raw = decode_mask(ds.label_path(0))
     label = ds.decode(0)[1]
@@ -458,7 +460,7 @@ def test_build_run_data_with_offline_pseudo_labels(synthetic_root, tmp_path):
 
 
 def test_cityscapes_without_cityscapesscripts_says_how_to_install(monkeypatch):
-    from equiseg.data.datasets import OptionalDependencyError
+    from equiseg.data.io import OptionalDependencyError
 
     monkeypatch.setitem(__import__("sys").modules, "cityscapesscripts.helpers.labels", None)  # import fails
     with pytest.raises(OptionalDependencyError, match=r"pip install equiseg\[cityscapes\]"):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from equiseg.cli.main import main as cli
 from equiseg.data.check import ListToCheck, check_lists
-from equiseg.data.datasets import Pair
+from equiseg.data.io import Pair
 from equiseg.data.synthetic import SYNTHETIC_SPEC, make_synthetic_dataset
 from equiseg.errors import DataError
 

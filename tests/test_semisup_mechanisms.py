@@ -171,7 +171,7 @@ def test_audit_masks_never_reach_the_method_or_the_loss(data_root, tmp_path, mon
 
 
 def test_audit_needs_a_mask_for_every_unlabeled_image(data_root):  # noqa: F811
-    from equiseg.data.datasets import ListDataset, WithAuditLabels
+    from equiseg.data.list_dataset import ListDataset, WithAuditLabels
     from equiseg.errors import DataError
     images = [line.split()[0] for line in (data_root / "train.txt").read_text().split("\n") if line.strip()]
     plain = ListDataset(data_root, images[:3], SYNTHETIC_SPEC, with_labels=False)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import write_png
-from equiseg.data.datasets import Pair, get_dataset_definition
+from equiseg.data.io import Pair
+from equiseg.data.definitions import get_dataset_definition
 from equiseg.data.splits import (complement, import_split, list_hash, make_split, parse_labeled, read_split,
                                  split_key, write_split)
 from equiseg.errors import DataError
@@ -41,7 +42,7 @@ def test_split_does_not_depend_on_process_or_pool_order():
     random.Random(5).shuffle(shuffled)
     assert {p.image for p in make_split(shuffled, "1/8", 0)[0]} == {p.image for p in make_split(POOL, "1/8", 0)[0]}
     # A fresh interpreter with another hash seed gives the same split.
-    code = ("from equiseg.data.splits import make_split, list_hash; from equiseg.data.datasets import Pair;"
+    code = ("from equiseg.data.splits import make_split, list_hash; from equiseg.data.io import Pair;"
             "pool=[Pair(f'images/{i:04d}.png', f'masks/{i:04d}.png') for i in range(100)];"
             "print(list_hash(make_split(pool, '1/8', 0)[0]))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -142,7 +142,8 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    from ..data.datasets import decode_image, definition_from_config
+    from ..data.io import decode_image
+    from ..data.definitions import definition_from_config
     from ..data.transforms import eval_transform, resize_pair
     from ..engine.checkpoint import load_checkpoint
     from ..engine.distributed import pick_device
@@ -183,7 +184,7 @@ def cmd_predict(args) -> int:
 
 def cmd_check_data(args) -> int:
     from ..data.build import check_run_files, resolve_split
-    from ..data.datasets import definition_from_config
+    from ..data.definitions import definition_from_config
 
     cfg = load_config(args.config, args.overrides)
     definition = definition_from_config(cfg.data)
@@ -203,7 +204,7 @@ def cmd_check_data(args) -> int:
 
 
 def cmd_splits(args) -> int:
-    from ..data.datasets import get_dataset_definition
+    from ..data.definitions import get_dataset_definition
     from ..data.splits import complement, import_split, make_split, write_split
 
     definition = get_dataset_definition(args.dataset)

@@ -25,7 +25,9 @@ from typing import Any, Optional
 
 from ..errors import DataError
 from .check import ListToCheck, check_lists
-from .datasets import DatasetDefinition, ListDataset, Pair, definition_from_config, read_list_file
+from .definitions import DatasetDefinition, definition_from_config
+from .list_dataset import ListDataset
+from .io import Pair, read_list_file
 from .spec import DatasetSpec
 from .splits import complement, import_split, make_split, write_split
 from .transforms import eval_transform, train_transform

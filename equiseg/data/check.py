@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .datasets import Pair, decode_mask, map_mask
+from .io import Pair, decode_mask, map_mask
 
 CACHE_VERSION = 1
 PARALLEL_FROM = 64

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from ..errors import DataError
-from .datasets import DatasetDefinition, Pair, PathLike, _first, iter_list_fields, write_list_file
+from .definitions import DatasetDefinition
+from .io import Pair, PathLike, first_items, iter_list_fields, write_list_file
 
 log = logging.getLogger("equiseg")
 
@@ -120,7 +121,7 @@ def write_split(out_dir: PathLike, labeled: Sequence[Any], unlabeled: Sequence[A
     overlap = {p.image for p in labeled} & {p.image for p in unlabeled}
     if overlap:
         log.warning("split in %s: %d image(s) are both labeled and unlabeled, e.g. %s", out, len(overlap),
-                    _first(sorted(overlap)))
+                    first_items(sorted(overlap)))
     if any(p.label is None for p in labeled):
         raise DataError(f"cannot write {out / LABELED_FILE}: labeled pairs need label paths "
                         f"(e.g. {next(p.image for p in labeled if p.label is None)})")
@@ -136,7 +137,7 @@ def write_split(out_dir: PathLike, labeled: Sequence[Any], unlabeled: Sequence[A
 
 def read_split(split_dir: PathLike) -> tuple[list[Pair], list[Pair], dict]:
     """Read a folder written by :func:`write_split`, checking the stored hashes."""
-    from .datasets import read_list_file
+    from .io import read_list_file
 
     d = Path(split_dir)
     meta_file = d / SPLIT_META_FILE
@@ -215,7 +216,7 @@ def import_split(file: PathLike, root: PathLike, definition: DatasetDefinition,
                 candidates = [i for i in candidates if _same_tail(pool_pairs[i].image, image)]
             if len(candidates) > 1:
                 raise DataError(f"{file}:{lineno}: {fields[0]} matches {len(candidates)} pool images: "
-                                f"{_first([pool_pairs[i].image for i in candidates])}")
+                                f"{first_items([pool_pairs[i].image for i in candidates])}")
             index = candidates[0] if candidates else None
         if index is None:
             unknown.append(f"line {lineno}: {fields[0]}")
@@ -226,7 +227,7 @@ def import_split(file: PathLike, root: PathLike, definition: DatasetDefinition,
         matched.append(index)
     if unknown:
         raise DataError(f"{file}: {len(unknown)} entr{'y is' if len(unknown) == 1 else 'ies are'} not in the "
-                        f"{definition.name} pool of {len(pool_pairs)} images under {root}: {_first(unknown)}")
+                        f"{definition.name} pool of {len(pool_pairs)} images under {root}: {first_items(unknown)}")
     if not matched:
         raise DataError(f"{file} lists no samples")
     return [pool_pairs[i] for i in matched]

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, config_to_yaml
 from ..data.build import RunData, build_run_data
-from ..data.datasets import ListDataset, WithAuditLabels
+from ..data.list_dataset import ListDataset, WithAuditLabels
 from ..data.transforms import AUDIT_LABEL_KEY
 from ..errors import DataError, TrainingError
 from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PseudoLabelAudit, flatten_record

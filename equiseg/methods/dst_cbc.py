@@ -40,7 +40,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import DataConfig, MethodConfig, OptimConfig, TrainConfig, validate_config
 from ..data.build import resolve_split
-from ..data.datasets import ListDataset, Pair, decode_image, definition_from_config, read_list_file, write_list_file
+from ..data.list_dataset import ListDataset
+from ..data.io import Pair, decode_image, read_list_file, write_list_file
+from ..data.definitions import definition_from_config
 from ..data.splits import import_split
 from ..data.transforms import eval_transform, resize_pair, train_transform
 from ..engine.checkpoint import load_checkpoint, model_state_from_checkpoint

@@ -122,7 +122,7 @@ class RunFolder:
     def dataset_spec(self):
         """The dataset's :class:`DatasetSpec` from the config, or None when it cannot be built
         here (e.g. a ``folder`` dataset whose config no longer validates)."""
-        from ..data.datasets import definition_from_config
+        from ..data.definitions import definition_from_config
         from ..config import DataConfig
 
         try:
