@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from equiseg.config import Config, OptimConfig, load_config, validate_config
-from equiseg.engine.checkpoint import load_checkpoint, save_atomic
+from equiseg.engine.checkpoint import save_atomic
+from equiseg.models.checkpoint import load_checkpoint
 from equiseg.engine.optim import build_scheduler, poly_factor
 from equiseg.engine.sampler import InfiniteBatchSampler
 from equiseg.errors import ConfigError, WeightsError

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, config_to_yaml, load_config, validate_config
-from ..errors import DataError, WeightsError
+from ..errors import DataError
 
 
 # --------------------------------------------------------------------------- train
@@ -72,32 +72,10 @@ def _print_summary(last: dict, best: dict, best_iteration: int, run_dir: Path) -
 
 
 def _load_model(checkpoint: str, cfg: Config, num_classes: int, weights: str, device: torch.device):
-    from ..engine.checkpoint import load_checkpoint, model_state_from_checkpoint
-    from ..models import build_model
+    from ..models.checkpoint import model_from_checkpoint
 
-    ckpt = load_checkpoint(Path(checkpoint))
-    state, which = model_state_from_checkpoint(ckpt, weights)
-    stored = (ckpt.get("config") or {}).get("model") or {}
-    stored_classes = len(ckpt["class_names"]) if ckpt.get("class_names") else None
-
-    def describe(model_cfg: dict, classes) -> str:
-        return (f"{model_cfg.get('arch', '?')}/{model_cfg.get('backbone', '?')}"
-                + (f" with {classes} classes" if classes is not None else ""))
-
-    asked = describe(cfg.model.model_dump(), num_classes)
-    if stored and (any(stored.get(k) != getattr(cfg.model, k) for k in ("arch", "backbone"))
-                   or (stored_classes is not None and stored_classes != num_classes)):
-        raise WeightsError(f"{checkpoint} is a {describe(stored, stored_classes)}; the config asks for {asked}: "
-                           "pass the run's own config.yaml (or --config of a matching run)")
-    # Pretrained backbone weights are irrelevant here: the checkpoint overwrites them.
-    model = build_model(cfg.model.model_copy(update={"pretrained": None}), num_classes)
-    try:
-        model.load_state_dict(state)  # strict: a mismatched checkpoint is an error
-    except RuntimeError as exc:
-        missing = getattr(exc, "args", [""])[0].count("Missing key")
-        raise WeightsError(f"{checkpoint} does not fit a {asked} (its weights have other names or shapes"
-                           f"{'' if not missing else ', keys missing'}); is it from another model config?") from None
-    return model.to(device).eval(), which
+    model, _, which = model_from_checkpoint(checkpoint, cfg.model, num_classes, weights)
+    return model.to(device), which
 
 
 def cmd_eval(args) -> int:
@@ -145,7 +123,7 @@ def cmd_predict(args) -> int:
     from ..data.io import decode_image
     from ..data.definitions import definition_from_config
     from ..data.transforms import eval_transform, resize_pair
-    from ..engine.checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint
     from ..engine.distributed import pick_device
     from ..evaluation.inference import predict_probs
     from ..evaluation.visualize import save_prediction

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TrainingError, WeightsError
+from ..errors import TrainingError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -60,18 +60,6 @@ def _write_error(exc: BaseException, path: Path) -> TrainingError:
     return TrainingError(f"cannot write checkpoint {path}: {str(exc).splitlines()[0]}{kept}")
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        # Checkpoints hold RNG states and plain Python containers; all are safe to unpickle
-        # with weights_only once numpy's RNG state types are allowed.
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # corrupt or truncated file
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from None
-
-
 def rng_state() -> dict:
     state = {
         "python": random.getstate(),
@@ -89,14 +77,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def model_state_from_checkpoint(ckpt: dict, which: str = "auto") -> tuple[dict, str]:
-    """The model weights stored in a checkpoint: a training checkpoint holds the student
-    (``model``) and the method's evaluated model (``eval_model``); a best/exported file holds
-    ``model`` only. ``which='auto'`` prefers the model the run reported."""
-    if which == "auto":
-        which = "eval_model" if "eval_model" in ckpt else "model"
-    if which not in ckpt:
-        raise WeightsError(f"checkpoint has no '{which}' weights (keys: {sorted(ckpt)})")
-    return ckpt[which], which

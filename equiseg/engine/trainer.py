@@ -32,7 +32,8 @@ from ..evaluation.evaluator import evaluate
 from ..methods.base import Method, MethodContext, StepOutput, unwrap
 from ..models import build_model, convert_sync_batchnorm
 from ..registry import METHODS
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..models.checkpoint import load_checkpoint
+from .checkpoint import rng_state, save_atomic, set_rng_state
 from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, all_reduce_sum_tensor, barrier,
                           broadcast_buffers, init_distributed)
 from .optim import build_optimizer, build_scheduler

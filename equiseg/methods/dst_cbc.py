@@ -45,13 +45,12 @@ from ..data.io import Pair, decode_image, read_list_file, write_list_file
 from ..data.definitions import definition_from_config
 from ..data.splits import import_split
 from ..data.transforms import eval_transform, resize_pair, train_transform
-from ..engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 from ..engine.distributed import barrier, init_distributed
 from ..errors import ConfigError, DataError
 from ..evaluation.evaluator import evaluate
 from ..evaluation.inference import predict_probs
 from ..evaluation.metrics import ConfusionMatrix
-from ..models import build_model
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
 from .base import Method, StepOutput, register_method
 from .components.losses import pixel_cross_entropy, reweighting_weights, weighted_mean
 
@@ -567,10 +566,8 @@ class SelfTraining:
     # ------------------------------------------------------------------ models
     def _load_model(self, checkpoint: Path) -> tuple[torch.nn.Module, Optional[int]]:
         """The reported model of a checkpoint, in eval mode on the run's device, and its iteration."""
-        ckpt = load_checkpoint(checkpoint, map_location="cpu")
-        model = build_model(self.cfg.model.model_copy(update={"pretrained": None}), self.spec.num_classes)
-        model.load_state_dict(model_state_from_checkpoint(ckpt)[0])
-        return model.to(self.device).eval(), ckpt.get("iteration")
+        model, ckpt, _ = model_from_checkpoint(checkpoint, self.cfg.model, self.spec.num_classes)
+        return model.to(self.device), ckpt.get("iteration")
 
     def _evaluate(self, checkpoint: Path, dataset: Any) -> dict:
         model, iteration = self._load_model(checkpoint)

@@ -53,21 +53,14 @@ def render_samples(run: RunFolder, num_images: int = DEFAULT_NUM_IMAGES, device:
     not usable here; the report then says why instead of showing pictures."""
     from ..config import validate_config
     from ..data.build import build_eval_dataset
-    from ..engine.checkpoint import load_checkpoint, model_state_from_checkpoint
     from ..evaluation.visualize import sample_grid
-    from ..models import build_model
+    from ..models.checkpoint import model_from_checkpoint
 
     cfg = validate_config(run.config)
     dataset, source = build_eval_dataset(cfg)
     spec = dataset.spec
-    state, _ = model_state_from_checkpoint(load_checkpoint(run.best_checkpoint, map_location="cpu"))
-    # The checkpoint holds every weight: the ImageNet file named in the config is not needed.
-    model = build_model(cfg.model.model_copy(update={"pretrained": None}), spec.num_classes)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise EquisegError(f"{run.best_checkpoint} does not fit the model of {run.path / 'config.yaml'}: {exc}") from None
-    model.to(device).eval()
+    model, _, _ = model_from_checkpoint(run.best_checkpoint, cfg.model, spec.num_classes)
+    model.to(device)
     indices = evenly_spaced(len(dataset), num_images)
     with torch.no_grad():
         grid = sample_grid(model, dataset, spec, device, indices=indices)
