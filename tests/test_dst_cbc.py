@@ -325,12 +325,12 @@ class TinySegModel(nn.Module):
 @pytest.fixture
 def tiny_models(monkeypatch):
     import equiseg.engine.trainer
-    import equiseg.methods.dst_cbc
+    import equiseg.models
 
     def build(model_cfg, num_classes):
         return TinySegModel(num_classes)
 
-    monkeypatch.setattr(equiseg.methods.dst_cbc, "build_model", build)
+    monkeypatch.setattr(equiseg.models, "build_model", build)  # model_from_checkpoint's builder
     monkeypatch.setattr(equiseg.engine.trainer, "build_model", build)
     return build
 

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .base import MethodContext, PseudoTargets, StepOutput, register_method
+from .base import MethodContext, PerClassLog, PseudoTargets, StepOutput, register_method
 from .components import (ClassPresenceBank, ConfidenceBank, PseudoLabelConfig, TeacherStudentMethod,
                          class_region_masks, copy_paste_mask, equalization_sampling_mask, large_scale_jitter,
                          masked_mean, paste, pixel_cross_entropy, random_boxes, reweighting_weights,
@@ -123,6 +123,12 @@ class AELConfig(PseudoLabelConfig):
 @register_method
 class AEL(TeacherStudentMethod):
     config_class = AELConfig
+    per_class_logs = (PerClassLog(
+        prefix=BANK_LOG_PREFIX, anchor="bank", title="AEL confidence bank",
+        heading="Conf<sup>c</sup> per class (Eq. 7)", heat_map_title="confidence bank per class",
+        note="Red = low confidence: the classes AEL samples most for adaptive CutMix / Copy-Paste and keeps most "
+             "pixels of in equalization sampling. Right: the last value. * = tail class.",
+        summary_keys=("bank_conf_mean", "bank_conf_min", "batch_conf_mean"), summary_title="Bank summary"),)
 
     def __init__(self, cfg: AELConfig, student: nn.Module, ctx: MethodContext):
         super().__init__(cfg, student, ctx)

@@ -26,6 +26,24 @@ def register_method(cls: type["Method"]) -> type["Method"]:
     return METHODS.register(name, cls)
 
 
+@dataclass(frozen=True)
+class PerClassLog:
+    """A per-class series a method logs as ``<prefix><class name>`` (and summary series), which
+    ``equiseg report`` draws as a heat map in a section of its own."""
+
+    prefix: str
+    anchor: str
+    """The report section's id."""
+    title: str
+    heading: str
+    """Above the heat map (HTML)."""
+    heat_map_title: str
+    note: str
+    """Below the heat map: how to read it (HTML)."""
+    summary_keys: tuple[str, ...] = ()
+    summary_title: str = "summary"
+
+
 @dataclass
 class MethodContext:
     """What a method may know about the run, beyond its own config."""
@@ -93,9 +111,17 @@ class Method(nn.Module):
     """Whether the unlabeled list's second column is loaded as ``label`` (offline pseudo-labels,
     as in DST-CBC). Otherwise ground truth in an unlabeled list is never read for training."""
 
+    per_class_logs: ClassVar[tuple[PerClassLog, ...]] = ()
+    """Per-class series the report draws (AEL: its confidence bank)."""
     run_rounds: ClassVar[Optional[Callable[..., Any]]] = None
     """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, resume)`` driving
     several trainer runs; the engine (``engine/run.py``) calls it instead of one trainer run."""
+
+    @classmethod
+    def iteration_budget(cls, method_cfg: dict, iterations_per_run: int) -> tuple[int, str]:
+        """Optimizer steps of a whole run, as a number and in words (multi-round methods add
+        their rounds); ``method_cfg`` is the raw ``method`` section of a run's config."""
+        return iterations_per_run, str(iterations_per_run)
 
     def __init__(self, cfg: MethodConfig, student: nn.Module, ctx: MethodContext):
         super().__init__()

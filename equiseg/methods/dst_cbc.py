@@ -302,6 +302,13 @@ def dynamic_self_training_loss(logits: torch.Tensor, target: torch.Tensor, omega
 @register_method
 class DstCbc(Method):
     config_class = DstCbcConfig
+
+    @classmethod
+    def iteration_budget(cls, method_cfg: dict, iterations_per_run: int) -> tuple[int, str]:
+        """Round 0 (its own budget, ``supervised_overrides``) plus one budget per self-training round."""
+        round0 = int((method_cfg.get("supervised_overrides") or {}).get("optim.iterations", iterations_per_run))
+        rounds = len(method_cfg.get("alphas") or PAPER_ALPHAS)
+        return round0 + rounds * iterations_per_run, f"{round0} (round 0) + {rounds} x {iterations_per_run}"
     uses_unlabeled = True
     strong_view = False
     unlabeled_labels = False

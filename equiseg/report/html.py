@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 from ..engine.timing import SECTIONS
 from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PER_CLASS_KEYS, SUMMARY_KEYS
-from ..methods.ael import BANK_LOG_PREFIX
+from ..registry import METHODS
 from . import svg
 from .protocol import protocol_rows, total_iterations
 from .run_folder import RunFolder, load_run, where
@@ -25,7 +25,6 @@ from .samples import DEFAULT_NUM_IMAGES, SampleGrid, try_render_samples
 
 REPORT_FILE = "report.html"
 LOSS_PREFIX = "loss_"
-BANK_SUMMARY_KEYS = ("bank_conf_mean", "bank_conf_min", "batch_conf_mean")
 TIMING_KEY = "time_ms"
 DATA_SECTION = "data"
 MIN_PICTURE_WIDTH = 640
@@ -181,30 +180,38 @@ def per_class_section(run: RunFolder) -> str:
     return _section("per-class", "Per-class IoU", chart + note + table)
 
 
-def bank_section(run: RunFolder) -> str:
-    """AEL's confidence bank Conf^c over training: a heat map per class, plus its mean / min."""
-    keys = [k for k in run.train_keys() if k.startswith(BANK_LOG_PREFIX)]
-    summary_keys = [k for k in BANK_SUMMARY_KEYS if run.train_series(k)]
+def per_class_log_sections(run: RunFolder) -> dict[str, str]:
+    """The per-class series the run's method declares (``Method.per_class_logs``; AEL: its
+    confidence bank), each a heat map per class plus its summary curves, by section anchor."""
+    try:
+        declared = METHODS.get(run.method).per_class_logs
+    except ValueError:  # a method this version does not know
+        return {}
+    return {log.anchor: _per_class_log_section(run, log) for log in declared}
+
+
+def _per_class_log_section(run: RunFolder, log) -> str:
+    keys = [k for k in run.train_keys() if k.startswith(log.prefix)]
+    summary_keys = [k for k in log.summary_keys if run.train_series(k)]
     if not keys and not summary_keys:
         return ""
     parts = []
     if keys:
         names, tails = run.class_names(), set(run.tail_ids())
-        logged = {k[len(BANK_LOG_PREFIX):]: k for k in keys}
+        logged = {k[len(log.prefix):]: k for k in keys}
         order = [n for n in names if n in logged] + [n for n in logged if n not in names]
         iterations = [rec["iteration"] for rec in run.train if logged[order[0]] in rec]
         rows = [[rec.get(logged[n]) for rec in run.train if logged[order[0]] in rec] for n in order]
         highlight = [i for i, n in enumerate(order) if n in names and names.index(n) in tails]
-        parts.append("<h3>Conf<sup>c</sup> per class (Eq. 7)</h3>"
-                     + svg.heat_map(order, iterations, rows, "confidence bank per class", highlight=highlight,
+        parts.append(f"<h3>{log.heading}</h3>"
+                     + svg.heat_map(order, iterations, rows, log.heat_map_title, highlight=highlight,
                                     value_format=confidence)
-                     + '<p class="note">Red = low confidence: the classes AEL samples most for adaptive CutMix / '
-                       "Copy-Paste and keeps most pixels of in equalization sampling. Right: the last value. "
-                       "* = tail class.</p>")
+                     + f'<p class="note">{log.note}</p>')
     if summary_keys:
         lines = [svg.Line(k, run.train_series(k)) for k in summary_keys]
-        parts.append("<h3>Bank summary</h3>" + svg.line_chart(lines, "confidence bank", y_format=confidence))
-    return _section("bank", "AEL confidence bank", "".join(parts))
+        parts.append(f"<h3>{escape(log.summary_title)}</h3>"
+                     + svg.line_chart(lines, log.heat_map_title.split(" per ")[0], y_format=confidence))
+    return _section(log.anchor, log.title, "".join(parts))
 
 
 def pseudo_label_section(run: RunFolder) -> str:
@@ -318,7 +325,7 @@ def samples_section(grid: Optional[SampleGrid], reason: str) -> str:
 # --------------------------------------------------------------------------- page
 
 
-SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "per-class": "Per-class IoU", "bank": "Bank",
+SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "per-class": "Per-class IoU",
                   "pseudo-labels": "Pseudo-labels",
                   "hardness": "Hardness", "rounds": "Rounds", "timing": "Step time", "samples": "Predictions"}
 
@@ -326,11 +333,12 @@ SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "per-class": "Per-cl
 def build_html(run: RunFolder, samples: Optional[SampleGrid] = None, samples_reason: str = "") -> str:
     sections = {
         "summary": summary_section(run), "curves": curves_section(run), "per-class": per_class_section(run),
-        "bank": bank_section(run), "pseudo-labels": pseudo_label_section(run), "hardness": hardness_section(run), "rounds": rounds_section(run),
+        **per_class_log_sections(run), "pseudo-labels": pseudo_label_section(run),
+        "hardness": hardness_section(run), "rounds": rounds_section(run),
         "timing": timing_section(run), "samples": samples_section(samples, samples_reason),
     }
     present = {k: v for k, v in sections.items() if v}
-    nav = "".join(f'<a href="#{k}">{SECTION_TITLES[k]}</a>' for k in present)
+    nav = "".join(f'<a href="#{k}">{SECTION_TITLES.get(k, k.capitalize())}</a>' for k in present)
     title = f"{run.method} on {run.dataset} — {run.path.name}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"

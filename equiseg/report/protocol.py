@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..registry import METHODS
+
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     value = config.get(name)
@@ -19,35 +21,33 @@ def _size(value: Any, separator: str = "x") -> str:
 
 
 def uses_unlabeled(method: str) -> bool:
-    from ..methods import method_class
-
     try:
-        return method_class(method).uses_unlabeled
+        return METHODS.get(method).uses_unlabeled
     except ValueError:  # a method this version does not know: say nothing about unlabeled data
         return False
 
 
-def iterations(config: dict[str, Any]) -> str:
-    """``600``; DST-CBC: round 0 plus one budget per self-training round, ``600 + 5 x 120``."""
-    optim, method = _section(config, "optim"), _section(config, "method")
-    per_run = optim.get("iterations", "?")
-    if method.get("name") != "dst_cbc":
-        return str(per_run)
-    round0 = (method.get("supervised_overrides") or {}).get("optim.iterations", per_run)
-    rounds = len(method.get("alphas") or [])
-    return f"{round0} (round 0) + {rounds} x {per_run}"
-
-
-def total_iterations(config: dict[str, Any]) -> Optional[int]:
-    """Optimiser steps of the whole run (all DST-CBC rounds), or None when not a number."""
+def _budget(config: dict[str, Any]) -> Optional[tuple[int, str]]:
     optim, method = _section(config, "optim"), _section(config, "method")
     per_run = optim.get("iterations")
     if not isinstance(per_run, int):
         return None
-    if method.get("name") != "dst_cbc":
-        return per_run
-    round0 = (method.get("supervised_overrides") or {}).get("optim.iterations", per_run)
-    return int(round0) + len(method.get("alphas") or []) * per_run
+    try:
+        return METHODS.get(method.get("name", "")).iteration_budget(method, per_run)
+    except ValueError:  # a method this version does not know
+        return per_run, str(per_run)
+
+
+def iterations(config: dict[str, Any]) -> str:
+    """``600``; a multi-round method adds its rounds: DST-CBC ``600 (round 0) + 5 x 120``."""
+    budget = _budget(config)
+    return budget[1] if budget else str(_section(config, "optim").get("iterations", "?"))
+
+
+def total_iterations(config: dict[str, Any]) -> Optional[int]:
+    """Optimiser steps of the whole run (all rounds of a multi-round method), or None when not a number."""
+    budget = _budget(config)
+    return budget[0] if budget else None
 
 
 def labeled(data: dict[str, Any], split: dict[str, Any]) -> str:
