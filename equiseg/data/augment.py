@@ -175,6 +175,18 @@ def cutmix_box_mask(h: int, w: int, rng: np.random.Generator, p: float = CUTMIX_
     return mask
 
 
+def box_masks(top: torch.Tensor, bottom: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+              height: int, width: int) -> torch.Tensor:
+    """(B, H, W) bool masks, True in rows [top, bottom) and columns [left, right) of each image:
+    every CutMix box generator (UniMatch's here, CutMix-Seg's and iMAS's in the methods' components)
+    draws its box coordinates and makes its masks here."""
+    device = top.device
+    ys = torch.arange(height, device=device, dtype=top.dtype).view(1, height, 1)
+    xs = torch.arange(width, device=device, dtype=left.dtype).view(1, 1, width)
+    return ((ys >= top.view(-1, 1, 1)) & (ys < bottom.view(-1, 1, 1))
+            & (xs >= left.view(-1, 1, 1)) & (xs < right.view(-1, 1, 1)))
+
+
 def random_box_masks(batch: int, h: int, w: int, generator: Optional[torch.Generator] = None,
                      p: float = 1.0, area: tuple[float, float] = CUTMIX_AREA,
                      ratio: tuple[float, float] = CUTMIX_RATIO,
@@ -204,9 +216,5 @@ def random_box_masks(batch: int, h: int, w: int, generator: Optional[torch.Gener
     x0 = (u[2] * (w - box_w + 1)).floor().clamp(max=w - box_w)
     y0 = (u[3] * (h - box_h + 1)).floor().clamp(max=h - box_h)
     on = u[4] < p
-    ys = torch.arange(h, device=draw_device, dtype=torch.float32).view(1, h, 1)
-    xs = torch.arange(w, device=draw_device, dtype=torch.float32).view(1, 1, w)
-    inside_y = (ys >= y0.view(-1, 1, 1)) & (ys < (y0 + box_h).view(-1, 1, 1))
-    inside_x = (xs >= x0.view(-1, 1, 1)) & (xs < (x0 + box_w).view(-1, 1, 1))
-    masks = inside_y & inside_x & on.view(-1, 1, 1)
+    masks = box_masks(y0, y0 + box_h, x0, x0 + box_w, h, w) & on.view(-1, 1, 1)
     return masks.to(device) if device is not None else masks

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ...data.augment import box_masks
 from .rng import uniform
 
 CUTMIX_SIDE_RANGE = (0.1, 0.9)
@@ -65,10 +66,7 @@ def side_fraction_boxes(batch: int, height: int, width: int, generator: torch.Ge
     centre_x = (first_x + u[1 + batch:] * (width - first_x)).floor().long()
     top, bottom = (centre_y - half_h).clamp(0, height), (centre_y + half_h).clamp(0, height)
     left, right = (centre_x - half_w).clamp(0, width), (centre_x + half_w).clamp(0, width)
-    ys = torch.arange(height).view(1, height, 1)
-    xs = torch.arange(width).view(1, 1, width)
-    inside = ((ys >= top.view(-1, 1, 1)) & (ys < bottom.view(-1, 1, 1))
-              & (xs >= left.view(-1, 1, 1)) & (xs < right.view(-1, 1, 1)))
+    inside = box_masks(top, bottom, left, right, height, width)
     return inside.to(device) if device is not None else inside
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ...data.augment import box_masks
 from .rng import randint, uniform
 
 CUTMIX_AREA = 0.5
@@ -35,10 +36,7 @@ def random_boxes(batch: int, height: int, width: int, generator: torch.Generator
     box_w = (area / height_frac * width).round().clamp(1, width)
     top = (u[1] * (height - box_h + 1)).floor()
     left = (u[2] * (width - box_w + 1)).floor()
-    ys = torch.arange(height).view(1, height, 1)
-    xs = torch.arange(width).view(1, 1, width)
-    inside = ((ys >= top.view(-1, 1, 1)) & (ys < (top + box_h).view(-1, 1, 1))
-              & (xs >= left.view(-1, 1, 1)) & (xs < (left + box_w).view(-1, 1, 1)))
+    inside = box_masks(top, top + box_h, left, left + box_w, height, width)
     return inside.to(device) if device is not None else inside
 
 
