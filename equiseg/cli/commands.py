@@ -13,7 +13,6 @@ import torch
 from ..config import Config, ConfigError, config_to_yaml, load_config, validate_config
 from ..errors import DataError
 
-
 # --------------------------------------------------------------------------- train
 
 
@@ -120,13 +119,13 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    from ..data.io import decode_image
     from ..data.definitions import definition_from_config
+    from ..data.io import decode_image
     from ..data.transforms import eval_transform, resize_pair
-    from ..models.checkpoint import load_checkpoint
     from ..engine.distributed import pick_device
     from ..evaluation.inference import predict_probs
     from ..evaluation.visualize import save_prediction
+    from ..models.checkpoint import load_checkpoint
 
     if args.config:
         cfg = load_config(args.config)

@@ -2,8 +2,8 @@
 augmentation, CutMix boxes, split protocols and synthetic scenes (docs/design.md, "Data contract")."""
 from .augment import StrongPhotometric, cutmix_box_mask, random_box_masks
 from .definitions import DatasetDefinition, available_datasets, definition_from_config, get_dataset_definition
-from .list_dataset import ListDataset
 from .io import OptionalDependencyError, Pair, read_list_file, write_list_file
+from .list_dataset import ListDataset
 from .spec import IGNORE_INDEX, DatasetSpec
 from .splits import import_split, make_split, parse_labeled, read_split, write_split
 from .synthetic import SYNTHETIC_SPEC, make_synthetic_arrays, make_synthetic_dataset

@@ -26,8 +26,8 @@ from typing import Any, Optional
 from ..errors import DataError
 from .check import ListToCheck, check_lists
 from .definitions import DatasetDefinition, definition_from_config
-from .list_dataset import ListDataset
 from .io import Pair, read_list_file
+from .list_dataset import ListDataset
 from .spec import DatasetSpec
 from .splits import complement, import_split, make_split, write_split
 from .transforms import eval_transform, train_transform

@@ -67,15 +67,6 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
-def all_reduce_sum_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The sum of a tensor over ranks (the tensor itself in a single process)."""
-    if not dist.is_initialized():
-        return t
-    reduced = t.to(device)
-    dist.all_reduce(reduced)
-    return reduced.to(t.device)
-
-
 def all_gather_objects(obj):
     if not dist.is_initialized():
         return [obj]

@@ -27,15 +27,15 @@ from ..data.build import RunData, build_run_data
 from ..data.list_dataset import ListDataset, WithAuditLabels
 from ..data.transforms import AUDIT_LABEL_KEY
 from ..errors import DataError, TrainingError
-from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PseudoLabelAudit, flatten_record
 from ..evaluation.evaluator import evaluate
+from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PseudoLabelAudit, flatten_record
 from ..methods.base import Method, MethodContext, StepOutput, unwrap
 from ..models import build_model, convert_sync_batchnorm
-from ..registry import METHODS
 from ..models.checkpoint import load_checkpoint
+from ..parallel import all_reduce_sum
+from ..registry import METHODS
 from .checkpoint import rng_state, save_atomic, set_rng_state
-from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, all_reduce_sum_tensor, barrier,
-                          broadcast_buffers, init_distributed)
+from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers, init_distributed
 from .optim import build_optimizer, build_scheduler
 from .sampler import InfiniteBatchSampler
 from .timing import StepTimer
@@ -410,7 +410,7 @@ class Trainer:
         means = all_reduce_mean(means, self.dist.device)
         pseudo_labels = None
         if self.audit is not None:
-            self.audit.load_state(all_reduce_sum_tensor(self.audit.state(), self.dist.device))
+            self.audit.load_state(all_reduce_sum(self.audit.state(), device=self.dist.device)[0])
             pseudo_labels = self.audit.summary(self.spec.class_names, self.spec.tail_ids)
         timing = self.timer.mean_ms()
         self.timer.reset()

@@ -40,9 +40,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import DataConfig, MethodConfig, OptimConfig, TrainConfig, validate_config
 from ..data.build import resolve_split
-from ..data.list_dataset import ListDataset
-from ..data.io import Pair, decode_image, read_list_file, write_list_file
 from ..data.definitions import definition_from_config
+from ..data.io import Pair, decode_image, read_list_file, write_list_file
+from ..data.list_dataset import ListDataset
 from ..data.splits import import_split
 from ..data.transforms import eval_transform, resize_pair, train_transform
 from ..engine.distributed import barrier, init_distributed
@@ -51,6 +51,7 @@ from ..evaluation.evaluator import evaluate
 from ..evaluation.inference import predict_probs
 from ..evaluation.metrics import ConfusionMatrix
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
+from ..parallel import all_reduce_sum
 from .base import Method, StepOutput, register_method
 from .components.losses import pixel_cross_entropy, reweighting_weights, weighted_mean
 
@@ -659,7 +660,7 @@ class SelfTraining:
                 if self.m.weights == "stored":
                     _write_png(round_dir / CONFIDENCE_DIR / name,
                                quantize_confidence(mp).cpu().numpy().astype(np.uint16))
-        _all_reduce_sum(top.high, self.device)
+        top.high.copy_(all_reduce_sum(top.high, device=self.device)[0])
         top.finish_high()
 
     def _count_low_bits(self, k: int, round_dir: Path, top: TopAlphaThresholds) -> None:
@@ -668,7 +669,7 @@ class SelfTraining:
                                       self.cfg.data.num_workers):
             sample = self._sample(k, i, tuple(ml.shape))
             top.count_low(ml[sample], confidence_bits(mp[sample]))
-        _all_reduce_sum(top.low, self.device)
+        top.low.copy_(all_reduce_sum(top.low, device=self.device)[0])
 
     def _select(self, thresholds: torch.Tensor, round_dir: Path) -> tuple[dict, Optional[dict]]:
         """Pass 2: apply the thresholds to the stored (ml, mp) maps, overwrite the pseudo-labels, and
@@ -689,7 +690,7 @@ class SelfTraining:
                 counts["with_gt"] += 1
                 matrix.update(y[kept], gt[kept])
         for t in counts.values():
-            _all_reduce_sum(t, self.device)
+            t.copy_(all_reduce_sum(t, device=self.device)[0])
         matrix.all_reduce()
         self._barrier()
         quality = matrix.compute(self.spec.tail_ids).to_dict(list(self.spec.class_names)) if counts["with_gt"] else None
@@ -945,16 +946,6 @@ class _RawView(torch.utils.data.Dataset):
 def _prefetch(dataset: torch.utils.data.Dataset, num_workers: int):
     """Items one by one, decoded in worker processes."""
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
-
-
-def _all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> None:
-    """Sum ``tensor`` over all processes in place (through ``device``: NCCL reduces CUDA tensors only)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        reduced = tensor.to(device)
-        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        tensor.copy_(reduced)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

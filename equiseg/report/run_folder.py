@@ -122,8 +122,8 @@ class RunFolder:
     def dataset_spec(self):
         """The dataset's :class:`DatasetSpec` from the config, or None when it cannot be built
         here (e.g. a ``folder`` dataset whose config no longer validates)."""
-        from ..data.definitions import definition_from_config
         from ..config import DataConfig
+        from ..data.definitions import definition_from_config
 
         try:
             return definition_from_config(DataConfig.model_validate(self.section("data"))).spec

@@ -12,7 +12,7 @@ from typing import Literal, Optional, Union
 import torch
 from torch import nn
 
-from .distributed import all_gather_rows, all_reduce_sum
+from ...parallel import all_gather_rows, all_reduce_sum
 
 Indicator = Literal["confidence", "margin", "entropy"]
 Pooling = Literal["image", "pixel"]

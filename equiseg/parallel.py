@@ -1,5 +1,8 @@
-"""Keeping method state identical on every DDP rank (no-ops in a single process)."""
+"""Collectives over DDP ranks, no-ops in a single process: the one place equiseg sums or gathers
+tensors across processes (method state, the pseudo-label audit, DST-CBC's histograms)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -9,15 +12,17 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Sum each tensor over ranks (one collective for all of them); returns new tensors."""
+def all_reduce_sum(*tensors: torch.Tensor, device: Optional[torch.device] = None) -> tuple[torch.Tensor, ...]:
+    """Sum each tensor over ranks (one collective for all of them); returns new tensors on the
+    tensors' devices. ``device``: where the collective runs (NCCL reduces CUDA tensors only).
+    Sums travel as float64: exact for counts below 2**53."""
     if not is_distributed():
         return tensors
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+    flat = torch.cat([t.reshape(-1).to(device=device or t.device, dtype=torch.float64) for t in tensors])
     dist.all_reduce(flat)
     out, start = [], 0
     for t in tensors:
-        out.append(flat[start:start + t.numel()].view(t.shape).to(t.dtype))
+        out.append(flat[start:start + t.numel()].view(t.shape).to(device=t.device, dtype=t.dtype))
         start += t.numel()
     return tuple(out)
 
