@@ -19,16 +19,14 @@ import yaml
 
 from ..config import Config, validate_config
 from ..errors import EquisegError
+from ..run_layout import CONFIG_FILE, RESULTS_FILE, SPLIT_DIR, TENSORBOARD_DIR, TRAIN_LOG, RunLayout
 
 log = logging.getLogger("equiseg")
 
 RESULT_NEUTRAL_KEYS = ("run.output_dir", "run.name", "data.num_workers", "train.progress_bar", "train.log_every",
                        "train.pseudo_label_audit")
 """Config keys that do not change a run's results."""
-CONFIG_FILE = "config.yaml"
-RESULTS_FILE = "results.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
-STARTUP_ARTEFACTS = {"split", "train.log", "tb"}
+STARTUP_ARTEFACTS = {SPLIT_DIR, TRAIN_LOG, TENSORBOARD_DIR}
 """What a trainer writes before config.yaml: a folder holding only these is a start that crashed."""
 
 
@@ -97,7 +95,7 @@ def run_state(cfg: Config, run_dir: Path) -> tuple[RunState, list[str]]:
         return RunState.DIFFERENT, diff
     if (run_dir / RESULTS_FILE).is_file():
         return RunState.FINISHED, []
-    if (run_dir / LAST_CHECKPOINT).exists():
+    if RunLayout(run_dir).last_checkpoint.exists():
         return RunState.INTERRUPTED, []
     return RunState.ABSENT, []
 

@@ -14,8 +14,8 @@ import logging
 import multiprocessing
 import os
 import shutil
-import threading
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +26,13 @@ from typing import Any, Optional, Sequence
 from ..config import Config, load_config
 from ..engine.profile import DEFAULT_ROUNDS, DEFAULT_STEPS, DEFAULT_WARMUP
 from ..errors import ConfigError
+from ..run_layout import BENCH_RECORD, RunLayout
 from .cache import LAST_CHECKPOINT, RunState, find_finished_run, run_state
 from .presets import preset_configs, resolve_config_path
 from .table import RunRecord, bench_json, bench_markdown
 
 log = logging.getLogger("equiseg")
 
-BENCH_RECORD = "bench_run.json"
 """Written into each run folder the bench trains: wall time and peak memory, kept for reuse."""
 MARKDOWN_FILE, JSON_FILE = "bench.md", "bench.json"
 PROTOCOL_KEYS = ("dataset", "eval split", "labeled", "image scale", "crop", "batch", "iterations", "model",
@@ -213,7 +213,7 @@ def collect(run: PlannedRun, run_dir: Path, status: str, record: dict[str, Any])
     """The table's numbers from a finished run folder and its bench record."""
     from ..report.protocol import total_iterations
 
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads(RunLayout(run_dir).results.read_text())
     last, best = results.get("last") or {}, results.get("best") or {}
     best_at = results.get("best_iteration", best.get("iteration"))
     if best.get("round") is not None:  # DST-CBC: the selected round's best model
@@ -265,7 +265,7 @@ def memory_note(records: Sequence[RunRecord]) -> str:
 def class_info(records: Sequence[RunRecord]) -> tuple[list[str], list[int]]:
     for r in records:
         if r.error is None:
-            last = json.loads((Path(r.run_dir) / "results.json").read_text()).get("last") or {}
+            last = json.loads(RunLayout(r.run_dir).results.read_text()).get("last") or {}
             if last.get("class_names"):
                 return list(last["class_names"]), [int(i) for i in last.get("tail_ids", [])]
     count = max((len(r.iou_last) for r in records), default=0)

@@ -12,6 +12,7 @@ import torch
 
 from ..config import Config, ConfigError, config_to_yaml, load_config, validate_config
 from ..errors import DataError
+from ..run_layout import RunLayout
 
 # --------------------------------------------------------------------------- train
 
@@ -21,7 +22,7 @@ def resolve_run_dir(cfg: Config, run_dir: Optional[str]) -> Path:
 
 
 def resolve_resume(run_dir: Path, resume: Optional[str], overwrite: bool) -> Optional[Path]:
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunLayout(run_dir).last_checkpoint
     if resume == "auto":
         if not last.is_file():
             raise ConfigError(f"--resume auto: no checkpoint at {last}")
@@ -30,7 +31,7 @@ def resolve_resume(run_dir: Path, resume: Optional[str], overwrite: bool) -> Opt
         if not Path(resume).is_file():
             raise ConfigError(f"--resume: checkpoint not found: {resume}")
         return Path(resume)
-    if (run_dir / "checkpoints").exists() or (run_dir / "results.json").exists():
+    if RunLayout(run_dir).checkpoints.exists() or RunLayout(run_dir).results.exists():
         if not overwrite:
             raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume auto to continue it, "
                               "--overwrite to start afresh, or set run.name")

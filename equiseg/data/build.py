@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import DataError
+from ..run_layout import RunLayout
 from .check import ListToCheck, check_lists
 from .definitions import DatasetDefinition, definition_from_config
 from .io import Pair, read_list_file
@@ -135,7 +136,7 @@ def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = 
     if d.check_files and is_main_process():
         check_run_files(d, definition, lists)
     if run_dir is not None:
-        write_split(Path(run_dir) / "split", lists.labeled, lists.unlabeled, lists.meta)
+        write_split(RunLayout(run_dir).split, lists.labeled, lists.unlabeled, lists.meta)
     spec = definition.spec
     labeled = ListDataset(lists.root, lists.labeled, spec, train_transform(d, spec, strong_view=False),
                           with_labels=True, image_scale=d.image_scale)

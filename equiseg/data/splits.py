@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from ..errors import DataError
+from ..run_layout import SPLIT_META_FILE
 from .definitions import DatasetDefinition
 from .io import Pair, PathLike, first_items, iter_list_fields, write_list_file
 
@@ -32,7 +33,6 @@ log = logging.getLogger("equiseg")
 
 LABELED_FILE = "labeled.txt"
 UNLABELED_FILE = "unlabeled.txt"
-SPLIT_META_FILE = "split.json"
 
 
 def _pairs(pairs: Iterable[Any]) -> list[Pair]:

@@ -34,6 +34,7 @@ from ..models import build_model, convert_sync_batchnorm
 from ..models.checkpoint import load_checkpoint
 from ..parallel import all_reduce_sum
 from ..registry import METHODS
+from ..run_layout import RunLayout
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers, init_distributed
 from .optim import build_optimizer, build_scheduler
@@ -79,7 +80,7 @@ def setup_logging(run_dir: Optional[Path], is_main: bool) -> None:
     console.setFormatter(fmt)
     log.addHandler(console)
     if run_dir is not None and is_main:
-        fh = logging.FileHandler(run_dir / "train.log")
+        fh = logging.FileHandler(RunLayout(run_dir).train_log)
         fh.setFormatter(fmt)
         log.addHandler(fh)
 
@@ -192,9 +193,9 @@ class Trainer:
 
         self.writer = None
         if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            RunLayout(self.run_dir).config.write_text(config_to_yaml(cfg))
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.writer = SummaryWriter(str(RunLayout(self.run_dir).tensorboard))
 
     def _make_audit(self) -> Optional[PseudoLabelAudit]:
         """The pseudo-label audit when ``train.pseudo_label_audit`` asks for it and the unlabeled
@@ -234,7 +235,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         ckpt = self._checkpoint()  # every rank takes part in gathering RNG states
         if self.dist.is_main:
-            save_atomic(ckpt, self.run_dir / "checkpoints" / "last.pt")
+            save_atomic(ckpt, RunLayout(self.run_dir).last_checkpoint)
         barrier()
 
     def _restore(self, path: Path) -> None:
@@ -263,7 +264,7 @@ class Trainer:
     def _drop_metrics_after(self, iteration: int) -> None:
         """Records logged after the checkpoint were lost with the killed run and will be logged again:
         drop them, so metrics.jsonl holds each iteration once."""
-        path = self.run_dir / "metrics.jsonl"
+        path = RunLayout(self.run_dir).metrics
         if not path.is_file():
             return
         lines = path.read_text().splitlines()
@@ -296,7 +297,7 @@ class Trainer:
                 save_atomic({"model": self._main_eval_model().state_dict(), "iteration": self.iteration,
                              "result": summary, "config": self.cfg.model_dump(mode="json"),
                              "class_names": list(self.spec.class_names)},
-                            self.run_dir / "checkpoints" / "best.pt")
+                            RunLayout(self.run_dir).best_checkpoint)
         if self.writer is not None:
             for name, r in results.items():
                 self.writer.add_scalar(f"val/{name}_miou", r["miou"], self.iteration)
@@ -307,7 +308,7 @@ class Trainer:
         return summary
 
     def _write_metrics(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with open(RunLayout(self.run_dir).metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _write_samples(self) -> None:
@@ -343,7 +344,7 @@ class Trainer:
             self.audit.update(t.label, t.weight, t.origin, truth)
         if not torch.isfinite(out.loss):
             parts = ", ".join(f"{k} {float(v):.4g}" for k, v in out.logs.items() if k.startswith("loss"))
-            last = self.run_dir / "checkpoints" / "last.pt"
+            last = RunLayout(self.run_dir).last_checkpoint
             raise TrainingError(f"loss is {out.loss.item()} at iteration {it} ({parts or 'no loss parts logged'}); "
                                 "lower optim.lr, set train.grad_clip, or check the data"
                                 + (f"; resume from the last good checkpoint {last}" if last.is_file() else ""))
@@ -435,7 +436,7 @@ class Trainer:
             payload = {"method": self.cfg.method.name, "dataset": self.spec.name,
                        "iterations": self.iteration,
                        "last": self.last_eval, "best": self.best, "best_iteration": self.best_iteration}
-            (self.run_dir / "results.json").write_text(json.dumps(payload, indent=2))
+            RunLayout(self.run_dir).results.write_text(json.dumps(payload, indent=2))
             from ..evaluation.metrics import EvalResult
             for tag, r in (("last", self.last_eval), ("best", self.best)):
                 log.info("%s checkpoint (iteration %d):\n%s", tag, r["iteration"],

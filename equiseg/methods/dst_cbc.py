@@ -52,6 +52,7 @@ from ..evaluation.inference import predict_probs
 from ..evaluation.metrics import ConfusionMatrix
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
 from ..parallel import all_reduce_sum
+from ..run_layout import ROUND_RECORD, RunLayout
 from .base import Method, StepOutput, register_method
 from .components.losses import pixel_cross_entropy, reweighting_weights, weighted_mean
 
@@ -72,7 +73,6 @@ SUPERVISED_OVERRIDE_KEYS = {"optim": (OptimConfig, None), "train": (TrainConfig,
 """Round-0 override sections and, where restricted, their allowed keys: the model, data split and
 evaluation must stay those of the self-training rounds."""
 
-ROUND_RECORD = "round.json"
 PSEUDO_LABEL_DIR = "pseudo_labels"
 CONFIDENCE_DIR = "confidence"
 CONFIDENCE_BITS_DIR = "confidence_float32"
@@ -710,12 +710,12 @@ class SelfTraining:
         the CLI sees a started run: ``--resume auto`` finds a checkpoint and ``--overwrite`` clears
         the folder. The driver itself resumes from the round records, whatever path it is given."""
         if self.is_main:
-            link = self.run_dir / "checkpoints" / "last.pt"
+            link = RunLayout(self.run_dir).last_checkpoint
             link.parent.mkdir(parents=True, exist_ok=True)
             if link.is_symlink() or link.exists():
                 link.unlink()
             try:
-                os.symlink(os.path.relpath(round_dir / "checkpoints" / "last.pt", link.parent), link)
+                os.symlink(os.path.relpath(RunLayout(round_dir).last_checkpoint, link.parent), link)
             except OSError:  # no symlinks here: resume with --resume <any round's last.pt>
                 pass
         self._barrier()
@@ -782,7 +782,7 @@ class SelfTraining:
         return record
 
     def _train(self, k: int, round_dir: Path, init: Optional[Path], val_set: Any, unlabeled: Any):
-        last = round_dir / "checkpoints" / "last.pt"
+        last = RunLayout(round_dir).last_checkpoint
         resume = last if self.resume and last.is_file() else None
         init_state = None
         if init is not None and resume is None:
@@ -795,7 +795,7 @@ class SelfTraining:
 
     def _summary(self, result: dict, round_dir: Path, which: str) -> dict:
         return {"iteration": result.get("iteration"), "miou": result.get("miou"),
-                "checkpoint": self._rel(round_dir / "checkpoints" / f"{which}.pt")}
+                "checkpoint": self._rel(RunLayout(round_dir).checkpoint(which))}
 
     def _test(self, record: dict, final: bool) -> dict:
         """Full-val numbers of the round's best and last models when selection used valtiny."""
@@ -811,7 +811,7 @@ class SelfTraining:
 
     def _metrics(self, entry: dict) -> None:
         if self.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(RunLayout(self.run_dir).metrics, "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
     # ------------------------------------------------------------------ the run
@@ -824,7 +824,7 @@ class SelfTraining:
                               "continue it with --resume or start afresh with --overwrite")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            saved = self.run_dir / "config.yaml"
+            saved = RunLayout(self.run_dir).config
             text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
             if saved.is_file() and self.resume and saved.read_text() != text:
                 log.warning("resuming %s with a config that differs from its config.yaml", self.run_dir)
@@ -877,10 +877,10 @@ class SelfTraining:
             } for r in records],
         }
         payload["best"] = payload["selected"]  # the trainer's results.json key for the reported model
-        self._write_json(self.run_dir / "results.json", payload)
+        self._write_json(RunLayout(self.run_dir).results, payload)
         if self.is_main:
-            for name, entry_ in (("best.pt", payload["selected"]), ("last.pt", payload["last"])):
-                _link_or_copy(self._abs(entry_["checkpoint"]), self.run_dir / "checkpoints" / name)
+            for which, entry_ in (("best", payload["selected"]), ("last", payload["last"])):
+                _link_or_copy(self._abs(entry_["checkpoint"]), RunLayout(self.run_dir).checkpoint(which))
         self._barrier()
         return payload
 

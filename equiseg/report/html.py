@@ -18,12 +18,12 @@ from typing import Optional, Union
 from ..engine.timing import SECTIONS
 from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PER_CLASS_KEYS, SUMMARY_KEYS
 from ..registry import METHODS
+from ..run_layout import REPORT_FILE
 from . import svg
 from .protocol import protocol_rows, total_iterations
 from .run_folder import RunFolder, load_run, where
 from .samples import DEFAULT_NUM_IMAGES, SampleGrid, try_render_samples
 
-REPORT_FILE = "report.html"
 LOSS_PREFIX = "loss_"
 TIMING_KEY = "time_ms"
 DATA_SECTION = "data"

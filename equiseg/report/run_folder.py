@@ -19,15 +19,10 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..errors import EquisegError
+from ..run_layout import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, ROUND_RECORD, RunLayout
 
 log = logging.getLogger("equiseg")
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-RESULTS_FILE = "results.json"
-SPLIT_META = Path("split") / "split.json"
-BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
-ROUND_RECORD = "round.json"
 PSEUDO_LABEL_STATS = "pseudo_labels.json"
 _ROUND_DIR = re.compile(r"round_(\d+)$")
 
@@ -99,7 +94,7 @@ class RunFolder:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.path / BEST_CHECKPOINT
+        return RunLayout(self.path).best_checkpoint
 
     def class_names(self) -> list[str]:
         """From the evaluation results; else the dataset definition; else numbered."""
@@ -194,7 +189,7 @@ def load_run(path: Union[str, Path]) -> RunFolder:
 def find_split_meta(run_dir: Path) -> dict[str, Any]:
     """``split/split.json`` of the run, or of its first round (DST-CBC rounds write their own)."""
     for folder in (run_dir, *_round_dirs(run_dir)):
-        meta = _read_json(folder / SPLIT_META)
+        meta = _read_json(RunLayout(folder).split_meta)
         if meta is not None:
             return meta
     return {}

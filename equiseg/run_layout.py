@@ -1,0 +1,57 @@
+"""Every file name of a run folder, in one place (what `equiseg train` writes, what `equiseg
+report` and `equiseg bench` read). Imports nothing of equiseg, so every layer can use it.
+
+    <run>/config.yaml        the resolved config
+    <run>/train.log          the log
+    <run>/metrics.jsonl      one JSON record per logged step or evaluation
+    <run>/results.json       the final evaluation (written at the end)
+    <run>/checkpoints/       last.pt (resume), best.pt
+    <run>/split/             the labeled/unlabeled lists and split.json
+    <run>/tb/                TensorBoard events
+    <run>/round_<k>/         a multi-round method's rounds, each a run folder with round.json
+    <run>/report.html        `equiseg report`
+    <run>/bench_run.json     `equiseg bench`'s record of the run
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+CONFIG_FILE = "config.yaml"
+TRAIN_LOG = "train.log"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+SPLIT_DIR = "split"
+SPLIT_META_FILE = "split.json"
+TENSORBOARD_DIR = "tb"
+ROUND_RECORD = "round.json"
+REPORT_FILE = "report.html"
+BENCH_RECORD = "bench_run.json"
+
+
+class RunLayout:
+    """The paths of one run folder."""
+
+    def __init__(self, run_dir: Union[str, Path]) -> None:
+        self.root = Path(run_dir)
+
+    config = property(lambda self: self.root / CONFIG_FILE)
+    train_log = property(lambda self: self.root / TRAIN_LOG)
+    metrics = property(lambda self: self.root / METRICS_FILE)
+    results = property(lambda self: self.root / RESULTS_FILE)
+    checkpoints = property(lambda self: self.root / CHECKPOINT_DIR)
+    last_checkpoint = property(lambda self: self.root / CHECKPOINT_DIR / LAST_CHECKPOINT)
+    best_checkpoint = property(lambda self: self.root / CHECKPOINT_DIR / BEST_CHECKPOINT)
+    split = property(lambda self: self.root / SPLIT_DIR)
+    split_meta = property(lambda self: self.root / SPLIT_DIR / SPLIT_META_FILE)
+    tensorboard = property(lambda self: self.root / TENSORBOARD_DIR)
+    round_record = property(lambda self: self.root / ROUND_RECORD)
+    report = property(lambda self: self.root / REPORT_FILE)
+    bench_record = property(lambda self: self.root / BENCH_RECORD)
+
+    def checkpoint(self, which: str) -> Path:
+        """``checkpoints/<which>.pt`` (``last`` or ``best``)."""
+        return self.root / CHECKPOINT_DIR / f"{which}.pt"
