@@ -27,7 +27,7 @@ from ..config import Config, load_config
 from ..engine.profile import DEFAULT_ROUNDS, DEFAULT_STEPS, DEFAULT_WARMUP
 from ..errors import ConfigError
 from ..run_layout import BENCH_RECORD, RunLayout
-from .cache import LAST_CHECKPOINT, RunState, find_finished_run, run_state
+from .cache import RunState, find_finished_run, run_state
 from .presets import preset_configs, resolve_config_path
 from .table import RunRecord, bench_json, bench_markdown
 
@@ -192,7 +192,7 @@ def execute(run: PlannedRun, reuse_from: Sequence[Path], threads: Optional[int] 
         return collect(run, elsewhere, "reused", _read_record(elsewhere))
     resume = None
     if state is RunState.INTERRUPTED:
-        resume = run.run_dir / LAST_CHECKPOINT
+        resume = RunLayout(run.run_dir).last_checkpoint
         print(f"bench: {run.label} seed {run.seed}: resuming the interrupted run in {run.run_dir}")
     else:
         if run.run_dir.exists():  # the same config, crashed before its first checkpoint: nothing to keep
