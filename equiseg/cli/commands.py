@@ -248,7 +248,7 @@ def cmd_bench(args) -> int:
 DEMO_METHODS = ("cutmix", "ael", "fixmatch", "mean_teacher", "hagseg")
 """Semi-supervised methods the demo can put beside the supervised baseline (DST-CBC's offline
 rounds do not fit its few minutes)."""
-DEMO_SIZES = {"full": {"n_train": 400, "n_val": 60, "iterations": 600},
+DEMO_SIZES = {"full": {"n_train": 400, "n_val": 60, "iterations": 200},
               "quick": {"n_train": 64, "n_val": 16, "iterations": 30}}
 
 
