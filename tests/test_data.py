@@ -442,23 +442,6 @@ def test_train_id_labels_skip_the_raw_lut(pattern_root):
         ListDataset(pattern_root, [("img/p0.png", "raw.png")], spec, train_id_labels=True)[0]
 
 
-def test_build_run_data_with_offline_pseudo_labels(synthetic_root, tmp_path):
-    pseudo = tmp_path / "pseudo"
-    write_png(pseudo / "train_00000.png", np.full((48, 64), 3, np.uint8), "L")
-    write_png(pseudo / "train_00001.png", np.full((48, 64), 255, np.uint8), "L")
-    (tmp_path / "unlabeled.txt").write_text(f"images/train_00000.png {pseudo / 'train_00000.png'}\n"
-                                            f"images/train_00001.png {pseudo / 'train_00001.png'}\n")
-    data = DataConfig(dataset="synthetic", root=str(synthetic_root), labeled="1/4", crop_size=(32, 32),
-                      unlabeled_list=str(tmp_path / "unlabeled.txt"))
-    run_cfg = SimpleNamespace(data=data, method=SimpleNamespace(name="dst_cbc"))
-    rd = build_run_data(run_cfg, needs_unlabeled=True, unlabeled_labels=True)
-    assert len(rd.unlabeled) == 2
-    assert set(rd.unlabeled[(0, 1)]["label"].unique().tolist()) <= {3, 255}  # pseudo-labels, not ground truth
-    data.unlabeled_list = None
-    with pytest.raises(DataError, match="unlabeled_list"):
-        build_run_data(run_cfg, needs_unlabeled=True, unlabeled_labels=True)
-
-
 def test_cityscapes_without_cityscapesscripts_says_how_to_install(monkeypatch):
     from equiseg.data.io import OptionalDependencyError
 

@@ -291,14 +291,14 @@ def write_outputs(out: Path, runs: Sequence[PlannedRun], records: Sequence[RunRe
 
 def step_profile(runs: Sequence[PlannedRun], options: BenchOptions) -> tuple[str, list]:
     """The speed table of the benched methods (first seed's configs), one process, interleaved.
-    Methods trained on offline pseudo-labels (DST-CBC) have no standalone step and are left out."""
+    Multi-round methods (DST-CBC) have no standalone step and are left out."""
     from ..engine.profile import profile_steps, speed_table
     from ..methods import method_class
 
     first: dict[str, PlannedRun] = {}
     for run in runs:
         first.setdefault(run.label, run)
-    chosen = {label: run for label, run in first.items() if not method_class(run.cfg.method.name).unlabeled_labels}
+    chosen = {label: run for label, run in first.items() if method_class(run.cfg.method.name).run_rounds is None}
     skipped = [label for label in first if label not in chosen]
     profiles = profile_steps([r.cfg for r in chosen.values()], steps=options.profile_steps,
                              rounds=options.profile_rounds, warmup=options.profile_warmup, names=list(chosen))

@@ -10,9 +10,6 @@ Resolution of ``data:`` keys:
   or ``data.labeled`` + ``data.fold`` through :func:`~equiseg.data.splits.make_split`;
   or neither: the whole pool is labeled (fully supervised) and there is no unlabeled data unless
   ``data.unlabeled_list`` is given.
-- methods with ``unlabeled_labels`` (offline pseudo-labels, DST-CBC) need ``data.unlabeled_list``:
-  its ``image label`` lines are read as they are (label = a pseudo-label PNG of train ids, path
-  relative to the root or absolute), not mapped onto the pool, whose labels are ground truth.
 - the labeled set gets the weak train transform; the unlabeled set gets the weak transform plus,
   when the method asks for it, the strong view (``image_strong``); val gets no geometry.
 """
@@ -27,7 +24,7 @@ from ..errors import DataError
 from ..run_layout import RunLayout
 from .check import ListToCheck, check_lists
 from .definitions import DatasetDefinition, definition_from_config
-from .io import Pair, read_list_file
+from .io import Pair
 from .list_dataset import ListDataset
 from .spec import DatasetSpec
 from .splits import complement, import_split, make_split, write_split
@@ -57,12 +54,8 @@ class SplitLists:
     meta: dict
 
 
-def resolve_split(data_cfg: Any, definition: Optional[DatasetDefinition] = None,
-                  read_unlabeled_as_is: bool = False) -> SplitLists:
-    """The pool, labeled, unlabeled and val pairs a ``data:`` config section describes.
-
-    ``read_unlabeled_as_is``: read ``data.unlabeled_list`` as ``image label`` lines (pseudo-label
-    paths kept) instead of importing it onto the pool; the list is then required."""
+def resolve_split(data_cfg: Any, definition: Optional[DatasetDefinition] = None) -> SplitLists:
+    """The pool, labeled, unlabeled and val pairs a ``data:`` config section describes."""
     d = data_cfg
     definition = definition or definition_from_config(d)
     root = definition.resolve_root(d.root)
@@ -79,13 +72,7 @@ def resolve_split(data_cfg: Any, definition: Optional[DatasetDefinition] = None,
     else:
         labeled = list(pool)
         meta.update(protocol="fully supervised")
-    if read_unlabeled_as_is:
-        if not d.unlabeled_list:
-            raise DataError("this method trains on offline pseudo-labels: set data.unlabeled_list to a list of "
-                            "'image pseudo_label' lines")
-        unlabeled = read_list_file(d.unlabeled_list, with_labels=True)
-        meta.update(unlabeled_list=d.unlabeled_list, unlabeled_labels="pseudo-labels (train ids)")
-    elif d.unlabeled_list:
+    if d.unlabeled_list:
         unlabeled = import_split(d.unlabeled_list, root, definition, pool)
         meta["unlabeled_list"] = d.unlabeled_list
     elif d.labeled_list or d.labeled:
@@ -100,10 +87,6 @@ def check_run_files(d: Any, definition: DatasetDefinition, lists: SplitLists) ->
     pool_name = d.train_list or f"the {d.dataset} train split under {lists.root}"
     val_name = d.val_list or f"the {d.dataset} val split under {lists.root}"
     to_check = [ListToCheck(pool_name, lists.pool), ListToCheck(val_name, lists.val)]
-    pooled = set(lists.pool)
-    outside = [p for p in lists.labeled + lists.unlabeled if p not in pooled]
-    if outside:  # offline pseudo-label lists (DST-CBC): their second column holds train ids, made by equiseg
-        to_check.append(ListToCheck(str(d.unlabeled_list), outside, check_masks=False))
     return check_lists(lists.root, to_check, definition.spec)
 
 
@@ -115,20 +98,18 @@ def is_main_process() -> bool:
 
 
 def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = False,
-                   unlabeled_labels: bool = False, run_dir: Optional[Path] = None) -> RunData:
+                   run_dir: Optional[Path] = None) -> RunData:
     """Datasets for a run; with ``run_dir`` the split is also written to ``run_dir/split``.
 
     Args:
         cfg: the run config (``cfg.data``; ``cfg.method.name`` for messages).
         strong_view: unlabeled samples carry ``image_strong``.
         needs_unlabeled: build the unlabeled dataset (an error when there is no unlabeled data).
-        unlabeled_labels: unlabeled samples carry ``label`` read from ``data.unlabeled_list``'s
-            second column (train-id pseudo-labels), see the module docstring.
         run_dir: where to write ``split/`` (labeled.txt, unlabeled.txt, split.json).
     """
     d = cfg.data
     definition = definition_from_config(d)
-    lists = resolve_split(d, definition, read_unlabeled_as_is=unlabeled_labels)
+    lists = resolve_split(d, definition)
     if needs_unlabeled and not lists.unlabeled:
         raise DataError(f"method '{cfg.method.name}' trains on unlabeled images, but the {d.dataset} pool of "
                         f"{len(lists.pool)} images is all labeled: set data.labeled (e.g. '1/8') or "
@@ -143,8 +124,7 @@ def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = 
     unlabeled = None
     if needs_unlabeled:
         unlabeled = ListDataset(lists.root, lists.unlabeled, spec, train_transform(d, spec, strong_view=strong_view),
-                                with_labels=unlabeled_labels, image_scale=d.image_scale,
-                                train_id_labels=unlabeled_labels)
+                                with_labels=False, image_scale=d.image_scale)
     val = ListDataset(lists.root, lists.val, spec, eval_transform(spec), with_labels=True, image_scale=d.image_scale)
     log.info("data: %s at %s, %d labeled / %d unlabeled / %d val (%s)", d.dataset, lists.root, len(labeled),
              len(lists.unlabeled), len(val), lists.meta["protocol"])

@@ -147,7 +147,6 @@ class Trainer:
         self.method_cls: type[Method] = METHODS.get(cfg.method.name)
         self.data: RunData = build_run_data(cfg, strong_view=self.method_cls.strong_view,
                                             needs_unlabeled=self.method_cls.uses_unlabeled,
-                                            unlabeled_labels=self.method_cls.unlabeled_labels,
                                             run_dir=self.run_dir if self.dist.is_main else None)
         if val_dataset is not None:
             self.data.val = val_dataset
@@ -199,10 +198,10 @@ class Trainer:
 
     def _make_audit(self) -> Optional[PseudoLabelAudit]:
         """The pseudo-label audit when ``train.pseudo_label_audit`` asks for it and the unlabeled
-        images have masks (never for offline pseudo-labels, whose 'label' is the target itself)."""
+        images have masks."""
         mode = self.cfg.train.pseudo_label_audit
         unlabeled = self.data.unlabeled
-        if mode == "off" or unlabeled is None or self.method_cls.unlabeled_labels:
+        if mode == "off" or unlabeled is None:
             return None
         if not isinstance(unlabeled, ListDataset) or not unlabeled.has_label_paths:
             if mode == "on":

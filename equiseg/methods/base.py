@@ -107,9 +107,6 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = False
     strong_view: ClassVar[bool] = False
     """Whether unlabeled samples need a strongly augmented view (``image_strong``)."""
-    unlabeled_labels: ClassVar[bool] = False
-    """Whether the unlabeled list's second column is loaded as ``label`` (offline pseudo-labels,
-    as in DST-CBC). Otherwise ground truth in an unlabeled list is never read for training."""
 
     per_class_logs: ClassVar[tuple[PerClassLog, ...]] = ()
     """Per-class series the report draws (AEL: its confidence bank)."""

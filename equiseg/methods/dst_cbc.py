@@ -312,9 +312,6 @@ class DstCbc(Method):
         return round0 + rounds * iterations_per_run, f"{round0} (round 0) + {rounds} x {iterations_per_run}"
     uses_unlabeled = True
     strong_view = False
-    unlabeled_labels = False
-    """The round driver supplies the pseudo-labeled dataset itself (:class:`PseudoLabeledDataset`):
-    the list dataset cannot carry OW's stored confidences through the augmentation."""
 
     @staticmethod
     def run_rounds(cfg, run_dir, resume=None):
