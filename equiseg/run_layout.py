@@ -14,8 +14,10 @@ report` and `equiseg bench` read). Imports nothing of equiseg, so every layer ca
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
-from typing import Union
+from typing import IO, Callable, Union
 
 CONFIG_FILE = "config.yaml"
 TRAIN_LOG = "train.log"
@@ -55,3 +57,32 @@ class RunLayout:
     def checkpoint(self, which: str) -> Path:
         """``checkpoints/<which>.pt`` (``last`` or ``best``)."""
         return self.root / CHECKPOINT_DIR / f"{which}.pt"
+
+
+def write_atomic(path: Union[str, Path], content: Union[str, bytes, Callable[[IO[bytes]], None]]) -> None:
+    """Write ``content`` (text, bytes, or a function writing to a binary file) to a temporary file
+    in the same folder, fsync, then rename: a killed process never leaves a half-written file under
+    the real name. The file follows the user's umask. OS errors propagate."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..run_layout import write_atomic
 from .io import Pair, decode_mask, map_mask
 
 CACHE_VERSION = 1
@@ -164,9 +165,6 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, files: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"version": CACHE_VERSION, "files": files}))
     except OSError:
         pass  # the cache only saves time

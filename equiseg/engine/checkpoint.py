@@ -1,9 +1,7 @@
 """Atomic checkpoint files and RNG-state capture for exact resumption."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,33 +9,17 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
+from ..run_layout import write_atomic
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a killed run never
     leaves a half-written checkpoint under the real name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint follows the user's umask
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise _write_error(exc, path) from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        write_atomic(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as exc:
+        raise _write_error(exc, path) from None
 
 
 def _write_error(exc: BaseException, path: Path) -> TrainingError:

@@ -52,7 +52,7 @@ from ..evaluation.inference import predict_probs
 from ..evaluation.metrics import ConfusionMatrix
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
 from ..parallel import all_reduce_sum
-from ..run_layout import ROUND_RECORD, RunLayout
+from ..run_layout import ROUND_RECORD, RunLayout, write_atomic
 from .base import Method, StepOutput, register_method
 from .components.losses import pixel_cross_entropy, reweighting_weights, weighted_mean
 
@@ -531,10 +531,7 @@ class SelfTraining:
     def _write_json(self, path: Path, payload: Any) -> None:
         """Atomically (temporary file + rename), on the main process only."""
         if self.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(payload, indent=2) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(payload, indent=2) + "\n")
         self._barrier()
 
     def _rel(self, path: Path) -> str:
