@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 from ..config import Config
 from ..registry import METHODS
+from .rounds import round_services
 from .trainer import Trainer
 
 
@@ -15,5 +16,5 @@ def train_run(cfg: Config, run_dir: Union[str, Path], resume: Optional[Union[str
     driver's result for multi-round methods)."""
     rounds = METHODS.get(cfg.method.name).run_rounds
     if rounds is not None:
-        return rounds(cfg, Path(run_dir), resume)
+        return rounds(cfg, Path(run_dir), resume, round_services())
     return Trainer(cfg, run_dir, resume).fit()

@@ -26,6 +26,40 @@ def register_method(cls: type["Method"]) -> type["Method"]:
     return METHODS.register(name, cls)
 
 
+@dataclass
+class RoundJob:
+    """One trainer run of a multi-round method (a DST-CBC round), as its driver hands it to the
+    engine (``RoundServices.train_round``)."""
+
+    round: int
+    cfg: Any
+    round_dir: Any
+    resume: Optional[Any]
+    """``round_dir/checkpoints/last.pt`` when a killed round is continued."""
+    init_checkpoint: Optional[Any]
+    """The checkpoint the round starts from (the best model so far); None for round 0."""
+    init_state: Optional[dict]
+    val: Any
+    """The selection set the trainer evaluates on (val or valtiny)."""
+    unlabeled: Optional[Any]
+    """The round's (pseudo-labeled) unlabeled set, replacing the one the trainer would build."""
+
+
+@dataclass(frozen=True)
+class RoundServices:
+    """What a multi-round method's driver uses of the engine. The engine hands it to
+    ``Method.run_rounds`` (``engine/rounds.py``): methods sit below the engine and never import it."""
+
+    train_round: Callable[[RoundJob], Any]
+    """One trainer run; returns its ``TrainResult``."""
+    init_distributed: Callable[[str], Any]
+    barrier: Callable[[], None]
+    autocast_factory: Callable[[str, Any], Any]
+    setup_logging: Callable[[Any, bool], None]
+    result: Callable[..., Any]
+    """``result(run_dir, last, best, best_iteration)``: the run's ``TrainResult``."""
+
+
 @dataclass(frozen=True)
 class PerClassLog:
     """A per-class series a method logs as ``<prefix><class name>`` (and summary series), which
@@ -111,8 +145,9 @@ class Method(nn.Module):
     per_class_logs: ClassVar[tuple[PerClassLog, ...]] = ()
     """Per-class series the report draws (AEL: its confidence bank)."""
     run_rounds: ClassVar[Optional[Callable[..., Any]]] = None
-    """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, resume)`` driving
-    several trainer runs; the engine (``engine/run.py``) calls it instead of one trainer run."""
+    """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, resume, services)``
+    driving several trainer runs through ``services`` (:class:`RoundServices`); the engine
+    (``engine/run.py``) calls it instead of one trainer run."""
 
     @classmethod
     def iteration_budget(cls, method_cfg: dict, iterations_per_run: int) -> tuple[int, str]:

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -45,7 +44,6 @@ from ..data.io import Pair, decode_image, read_list_file, write_list_file
 from ..data.list_dataset import ListDataset
 from ..data.splits import import_split
 from ..data.transforms import eval_transform, resize_pair, train_transform
-from ..engine.distributed import barrier, init_distributed
 from ..errors import ConfigError, DataError
 from ..evaluation.evaluator import evaluate
 from ..evaluation.inference import predict_probs
@@ -53,7 +51,7 @@ from ..evaluation.metrics import ConfusionMatrix
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
 from ..parallel import all_reduce_sum
 from ..run_layout import ROUND_RECORD, RunLayout, write_atomic
-from .base import Method, StepOutput, register_method
+from .base import Method, RoundJob, RoundServices, StepOutput, register_method
 from .components.losses import pixel_cross_entropy, reweighting_weights, weighted_mean
 
 log = logging.getLogger("equiseg")
@@ -314,8 +312,8 @@ class DstCbc(Method):
     strong_view = False
 
     @staticmethod
-    def run_rounds(cfg, run_dir, resume=None):
-        return SelfTraining(cfg, Path(run_dir), resume=resume is not None).run()
+    def run_rounds(cfg, run_dir, resume, services: RoundServices):
+        return SelfTraining(cfg, Path(run_dir), services, resume=resume is not None).run()
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         if unlabeled is None:
@@ -461,48 +459,22 @@ def draw_valtiny(presence: np.ndarray, per_class: int = 1, seed: int = 0) -> lis
 # --------------------------------------------------------------------------- the rounds
 
 
-@dataclass
-class RoundJob:
-    """What one round's trainer run needs from the driver."""
-
-    round: int
-    cfg: Any
-    round_dir: Path
-    resume: Optional[Path]
-    """``round_dir/checkpoints/last.pt`` when a killed round is continued."""
-    init_checkpoint: Optional[Path]
-    """The checkpoint the round starts from (the best model so far); None for round 0."""
-    init_state: Optional[dict]
-    val: Any
-    """The selection set the trainer evaluates on (val or valtiny)."""
-    unlabeled: Optional[PseudoLabeledDataset]
-
-
-def train_round(job: RoundJob):
-    """One trainer run for a round: the trainer builds its labeled set from the split as usual; the
-    driver's selection set and pseudo-labeled set replace its val and unlabeled sets, and a fresh
-    (not resumed) run starts from the best model so far. Returns the trainer's ``TrainResult``."""
-    from ..engine.trainer import Trainer
-
-    trainer = Trainer(job.cfg, job.round_dir, job.resume, val_dataset=job.val, unlabeled_dataset=job.unlabeled,
-                      initial_weights=job.init_state)
-    return trainer.fit()
-
-
 class SelfTraining:
     """The DST-CBC driver: round 0, then pseudo-label → fine-tune → select, round after round.
 
-    ``train`` runs one round (default :func:`train_round`); tests inject a stub.
+    ``services``: what the driver uses of the engine (one trainer run per round, distributed
+    set-up, logging), handed over by the engine; ``train`` replaces ``services.train_round``
+    (tests inject a stub).
     """
 
-    def __init__(self, cfg: Any, run_dir: Path, resume: bool = False,
-                 train: Callable[[RoundJob], Any] = train_round):
-        from ..engine.trainer import autocast_factory
-
-        self.cfg, self.m, self.run_dir, self.resume, self.train = cfg, cfg.method, Path(run_dir), resume, train
-        self.dist = init_distributed(cfg.run.device)
+    def __init__(self, cfg: Any, run_dir: Path, services: RoundServices, resume: bool = False,
+                 train: Optional[Callable[[RoundJob], Any]] = None):
+        self.cfg, self.m, self.run_dir, self.resume = cfg, cfg.method, Path(run_dir), resume
+        self.services = services
+        self.train = train or services.train_round
+        self.dist = services.init_distributed(cfg.run.device)
         self.device = self.dist.device
-        self.autocast = autocast_factory(cfg.train.amp, self.device)
+        self.autocast = services.autocast_factory(cfg.train.amp, self.device)
         d = cfg.data
         definition = definition_from_config(d)
         self.spec = definition.spec
@@ -526,7 +498,7 @@ class SelfTraining:
         return self.dist.is_main
 
     def _barrier(self) -> None:
-        barrier()
+        self.services.barrier()
 
     def _write_json(self, path: Path, payload: Any) -> None:
         """Atomically (temporary file + rename), on the main process only."""
@@ -546,9 +518,7 @@ class SelfTraining:
         return p if p.is_absolute() else self.run_dir / p
 
     def _setup_logging(self) -> None:
-        from ..engine.trainer import setup_logging
-
-        setup_logging(self.run_dir, self.is_main)
+        self.services.setup_logging(self.run_dir, self.is_main)
 
     def _round_config(self, k: int):
         """The trainer config of round k: round 0 is the ``supervised`` method with
@@ -826,8 +796,6 @@ class SelfTraining:
         self._barrier()
 
     def run(self):
-        from ..engine.trainer import TrainResult
-
         self._prepare_folder()
         self._setup_logging()
         log.info("DST-CBC: %d self-training round(s) at α = %s, γ = %g, %s thresholds, %s-model weights, "
@@ -839,7 +807,8 @@ class SelfTraining:
             records.append(self._round(k, alpha, records[-1], val_set))
         payload = self._results(records, val_set)
         log.info("DST-CBC rounds (mIoU %%; selection on %s):\n%s", self.m.selection, round_table(payload["rounds"]))
-        return TrainResult(self.run_dir, payload["last"], payload["selected"], payload["selected"]["iteration"])
+        return self.services.result(self.run_dir, payload["last"], payload["selected"],
+                                    payload["selected"]["iteration"])
 
     def _results(self, records: list[dict], val_set: Any) -> dict:
         final = records[-1]
