@@ -34,16 +34,17 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import DataConfig, MethodConfig, OptimConfig, TrainConfig, validate_config
 from ..data.build import resolve_split
 from ..data.definitions import definition_from_config
-from ..data.io import Pair, decode_image, read_list_file, write_list_file
+from ..data.io import Pair, read_list_file, write_list_file
 from ..data.list_dataset import ListDataset
+from ..data.pseudo_labeled import (CONFIDENCE_DIR, CONFIDENCE_LEVELS, PSEUDO_LABEL_DIR, PseudoLabeledDataset,
+                                   read_float32, read_png, write_float32, write_png)
 from ..data.splits import import_split
-from ..data.transforms import eval_transform, resize_pair, train_transform
+from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError, DataError
 from ..evaluation.evaluator import evaluate
 from ..evaluation.inference import predict_probs
@@ -56,9 +57,6 @@ from .components.losses import pixel_cross_entropy, reweighting_weights, weighte
 
 log = logging.getLogger("equiseg")
 
-CONFIDENCE_LEVELS = 2**16 - 1
-"""The OW ablation's stored confidences are ``round(p * 65535)`` in 16-bit PNGs (within ±7.6e-6 of
-p): enough for loss weights. Selection never uses them: it compares float32 values exactly."""
 HIGH_BINS = (0x3F800000 >> 16) + 1
 """Bins of the top 16 bits of a float32 in [0, 1] (1.0 = 0x3F800000)."""
 LOW_BINS = 1 << 16
@@ -71,8 +69,6 @@ SUPERVISED_OVERRIDE_KEYS = {"optim": (OptimConfig, None), "train": (TrainConfig,
 """Round-0 override sections and, where restricted, their allowed keys: the model, data split and
 evaluation must stay those of the self-training rounds."""
 
-PSEUDO_LABEL_DIR = "pseudo_labels"
-CONFIDENCE_DIR = "confidence"
 CONFIDENCE_BITS_DIR = "confidence_float32"
 """Pass 1's exact confidences (float32 .npy), read by the threshold and selection passes, then removed."""
 PSEUDO_LABEL_LIST = "pseudo_labels.txt"
@@ -348,95 +344,6 @@ class DstCbc(Method):
         return StepOutput(loss=loss, logs=logs)
 
 
-# --------------------------------------------------------------------------- pseudo-labeled data
-
-
-def _read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    """uint8 arrays as 8-bit grayscale, uint16 as 16-bit grayscale PNGs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
-
-
-def _write_float32(path: Path, values: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, values.float().cpu().numpy())
-
-
-def _read_float32(path: Path) -> np.ndarray:
-    try:
-        return np.load(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-
-
-def confidence_path(round_dir: Path, pseudo_label: str) -> Path:
-    """``pseudo_labels/<name>.png`` → ``round_dir/confidence/<name>.png``."""
-    return round_dir / CONFIDENCE_DIR / Path(pseudo_label).relative_to(PSEUDO_LABEL_DIR)
-
-
-class PseudoLabeledDataset:
-    """Unlabeled images with the pseudo-labels of one round, augmented like the labeled images.
-
-    ``list_file`` holds ``image pseudo_label`` lines: the image relative to the dataset ``root``,
-    the pseudo-label (train ids, 255 ignored, at the image's size after ``image_scale``) relative
-    to the list's folder. With ``with_confidence`` the sample also has ``confidence`` (H, W) float:
-    the stored labeling confidence (16-bit PNG in ``confidence/``), 0 where padded. To follow the
-    same geometry, label and confidence travel through the transform packed as one int32 mask
-    (label << 16 | level), which resizes with nearest neighbour like a label.
-    """
-
-    def __init__(self, root: Path, list_file: Path, spec: Any, transform: Callable, image_scale: float = 1.0,
-                 with_confidence: bool = False):
-        self.root, self.list_file, self.spec = Path(root), Path(list_file), spec
-        self.round_dir = self.list_file.parent
-        self.transform, self.image_scale, self.with_confidence = transform, float(image_scale), with_confidence
-        self.pairs = read_list_file(self.list_file, with_labels=True)
-        if not self.pairs:
-            raise DataError(f"{self.list_file} lists no pseudo-labeled images")
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def load(self, index: int, seed: Optional[int] = None) -> dict[str, Any]:
-        i = int(index)
-        seed = i if seed is None else int(seed)
-        pair = self.pairs[i]
-        image = decode_image(self.root / pair.image)
-        if self.image_scale != 1.0:
-            image, _ = resize_pair(image, None, self.image_scale)
-        label = _read_png(self.round_dir / pair.label)
-        if label.shape != image.shape[:2]:
-            raise DataError(f"pseudo-label {self.round_dir / pair.label} is {label.shape[1]}x{label.shape[0]}, but "
-                            f"{pair.image} is {image.shape[1]}x{image.shape[0]} after data.image_scale")
-        if self.with_confidence:
-            level = _read_png(confidence_path(self.round_dir, pair.label)).astype(np.int32)
-            label = (label.astype(np.int32) << 16) | level
-        sample = {"image": image, "label": label, "valid": np.ones(image.shape[:2], dtype=bool)}
-        sample = self.transform(sample, np.random.default_rng((seed, i)))
-        valid = sample["valid"]
-        if self.with_confidence:
-            packed = sample["label"]
-            sample["confidence"] = torch.where(valid, (packed & 0xFFFF).float() / CONFIDENCE_LEVELS, 0.0)
-            sample["label"] = packed >> 16
-        sample["label"] = sample["label"].masked_fill(~valid, self.spec.ignore_index)
-        sample["index"] = i
-        sample["name"] = Path(pair.label).stem
-        return sample
-
-    def __getitem__(self, key: Any) -> dict[str, Any]:
-        if isinstance(key, (tuple, list)):
-            return self.load(key[0], key[1])
-        return self.load(key)
-
-
 # --------------------------------------------------------------------------- valtiny
 
 
@@ -619,10 +526,10 @@ class SelfTraining:
                 sample = self._sample(k, i, tuple(ml.shape)).to(self.device)
                 top.count_high(ml[sample], confidence_bits(mp[sample]))                  # lines 7-8
                 name = f"{names[i]}.png"
-                _write_png(round_dir / PSEUDO_LABEL_DIR / name, ml.cpu().numpy().astype(np.uint8))
-                _write_float32(round_dir / CONFIDENCE_BITS_DIR / f"{names[i]}.npy", mp)
+                write_png(round_dir / PSEUDO_LABEL_DIR / name, ml.cpu().numpy().astype(np.uint8))
+                write_float32(round_dir / CONFIDENCE_BITS_DIR / f"{names[i]}.npy", mp)
                 if self.m.weights == "stored":
-                    _write_png(round_dir / CONFIDENCE_DIR / name,
+                    write_png(round_dir / CONFIDENCE_DIR / name,
                                quantize_confidence(mp).cpu().numpy().astype(np.uint16))
         top.high.copy_(all_reduce_sum(top.high, device=self.device)[0])
         top.finish_high()
@@ -645,7 +552,7 @@ class SelfTraining:
         for i, ml, mp, gt in _prefetch(_RawView(self.unlabeled_images, self._shard(), round_dir),
                                        self.cfg.data.num_workers):
             y = select_pseudo_labels(ml, confidence_bits(mp), thresholds, ignore)          # lines 13-18
-            _write_png(round_dir / PSEUDO_LABEL_DIR / f"{names[i]}.png", y.numpy().astype(np.uint8))
+            write_png(round_dir / PSEUDO_LABEL_DIR / f"{names[i]}.png", y.numpy().astype(np.uint8))
             kept = y != ignore
             counts["predicted"] += torch.bincount(ml.reshape(-1), minlength=C)
             counts["kept"] += torch.bincount(y[kept], minlength=C)
@@ -898,8 +805,8 @@ class _RawView(torch.utils.data.Dataset):
     def __getitem__(self, j: int):
         i = self.indices[j]
         name = f"{self.names[i]}.png"
-        ml = torch.from_numpy(_read_png(self.round_dir / PSEUDO_LABEL_DIR / name).astype(np.int64))
-        mp = torch.from_numpy(_read_float32(self.round_dir / CONFIDENCE_BITS_DIR / f"{self.names[i]}.npy"))
+        ml = torch.from_numpy(read_png(self.round_dir / PSEUDO_LABEL_DIR / name).astype(np.int64))
+        mp = torch.from_numpy(read_float32(self.round_dir / CONFIDENCE_BITS_DIR / f"{self.names[i]}.npy"))
         gt = None
         if self.with_gt and self.images.label_path(i) is not None:  # known: to measure the pseudo-labels
             gt = torch.from_numpy(self.images.decode(i, with_label=True)[1].astype(np.int64))
