@@ -47,7 +47,7 @@ def model_from_checkpoint(checkpoint: Union[str, Path], model_cfg: ModelConfig, 
     A checkpoint of another architecture, backbone or class count is a
     :class:`~equiseg.errors.WeightsError` that says what the file holds and what the config asks
     for, read from the config stored in the checkpoint; other misfits are named too."""
-    from . import build_model  # the package imports this module's siblings first
+    from . import build_model  # looked up at call time, so tests can substitute a tiny model
 
     ckpt = load_checkpoint(Path(checkpoint)) if ckpt is None else ckpt
     state, which = model_state_from_checkpoint(ckpt, weights)
