@@ -317,7 +317,7 @@ def cmd_demo(args) -> int:
     configs = []
     for method in ("supervised", args.method):  # the bench places the runs in <out>/<size>_bench/<method>_seed0
         path = out / f"{size}_{method}.yaml"
-        path.write_text(config_to_yaml(demo_config(data_root, out / "unused", method, iterations)))
+        path.write_text(config_to_yaml(demo_config(data_root, out / f"{size}_{method}", method, iterations)))
         configs.append(str(path))
     print(f"training supervised and {args.method} side by side on the same data and budget "
           f"({iterations} iterations, 1/8 of the images labeled) ...")
