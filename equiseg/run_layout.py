@@ -9,6 +9,7 @@ report` and `equiseg bench` read). Imports nothing of equiseg, so every layer ca
     <run>/split/             the labeled/unlabeled lists and split.json
     <run>/tb/                TensorBoard events
     <run>/round_<k>/         a multi-round method's rounds, each a run folder with round.json
+                             and, from round 1 on, pseudo_labels.json (its pseudo-labels' statistics)
     <run>/report.html        `equiseg report`
     <run>/bench_run.json     `equiseg bench`'s record of the run
 """
@@ -30,6 +31,8 @@ SPLIT_DIR = "split"
 SPLIT_META_FILE = "split.json"
 TENSORBOARD_DIR = "tb"
 ROUND_RECORD = "round.json"
+ROUND_DIR_PREFIX = "round_"
+PSEUDO_LABEL_STATS = "pseudo_labels.json"
 REPORT_FILE = "report.html"
 BENCH_RECORD = "bench_run.json"
 
@@ -51,8 +54,13 @@ class RunLayout:
     split_meta = property(lambda self: self.root / SPLIT_DIR / SPLIT_META_FILE)
     tensorboard = property(lambda self: self.root / TENSORBOARD_DIR)
     round_record = property(lambda self: self.root / ROUND_RECORD)
+    pseudo_label_stats = property(lambda self: self.root / PSEUDO_LABEL_STATS)
     report = property(lambda self: self.root / REPORT_FILE)
     bench_record = property(lambda self: self.root / BENCH_RECORD)
+
+    def round_dir(self, k: int) -> Path:
+        """``round_<k>/``: round k of a multi-round method (a run folder of its own)."""
+        return self.root / f"{ROUND_DIR_PREFIX}{k}"
 
     def checkpoint(self, which: str) -> Path:
         """``checkpoints/<which>.pt`` (``last`` or ``best``)."""

@@ -17,14 +17,14 @@ from equiseg.data.spec import DatasetSpec
 from equiseg.data.synthetic import make_synthetic_dataset
 from equiseg.data.transforms import train_transform
 from equiseg.errors import ConfigError
-from equiseg.engine.rounds import round_services
+from equiseg.data.pseudo_labeled import CONFIDENCE_LEVELS, PseudoLabeledDataset
+from equiseg.engine.rounds import RoundLoop
 from equiseg.engine.run import train_run
 from equiseg.methods import method_class
-from equiseg.methods.base import MethodContext
-from equiseg.methods.dst_cbc import (CONFIDENCE_LEVELS, PseudoLabeledDataset, RoundJob, SelfTraining,
-                                     class_balanced_thresholds, confidence_bits, draw_valtiny,
-                                     dynamic_self_training_loss, dynamic_weights, sample_pixels,
-                                     select_pseudo_labels, threshold_values)
+from equiseg.methods.base import MethodContext, RoundJob
+from equiseg.methods.components.class_balanced import (class_balanced_thresholds, confidence_bits, sample_pixels,
+                                                       select_pseudo_labels, threshold_values)
+from equiseg.methods.dst_cbc import draw_valtiny, dynamic_self_training_loss, dynamic_weights
 from equiseg.methods.supervised import supervised_loss
 
 IGNORE = 255
@@ -365,7 +365,7 @@ def test_rounds_resume_where_they_stopped(tiny_root, tmp_path, tiny_models):
     run_dir = tmp_path / "run"
     first: list[RoundJob] = []
     with pytest.raises(RuntimeError, match="killed"):
-        SelfTraining(cfg, run_dir, round_services(), train=stub(first, fail_round=2)).run()
+        RoundLoop(cfg, run_dir, train=stub(first, fail_round=2)).run()
     assert [j.round for j in first] == [0, 1, 2]
     assert first[0].init_checkpoint is None and first[1].init_checkpoint == run_dir / "round_0/checkpoints/best.pt"
     assert first[1].unlabeled is not None and len(first[1].unlabeled) == 4 and len(first[1].val) <= 3
@@ -379,10 +379,10 @@ def test_rounds_resume_where_they_stopped(tiny_root, tmp_path, tiny_models):
     last_link = run_dir / "checkpoints" / "last.pt"  # lets the CLI's --resume auto / --overwrite see the run
     assert last_link.is_file() and last_link.resolve() == (run_dir / "round_1/checkpoints/last.pt").resolve()
     with pytest.raises(ConfigError, match="resume"):
-        SelfTraining(cfg, run_dir, round_services(), train=stub([])).run()  # a fresh start must not mix with old rounds
+        RoundLoop(cfg, run_dir, train=stub([])).run()  # a fresh start must not mix with old rounds
 
     second: list[RoundJob] = []
-    result = SelfTraining(cfg, run_dir, round_services(), resume=True, train=stub(second)).run()
+    result = RoundLoop(cfg, run_dir, resume=True, train=stub(second)).run()
     assert [j.round for j in second] == [2]  # finished rounds are not redone
     assert second[0].resume == run_dir / "round_2/checkpoints/last.pt"
     assert second[0].init_checkpoint == run_dir / "round_1/checkpoints/best.pt"  # the best model so far

@@ -298,7 +298,7 @@ def step_profile(runs: Sequence[PlannedRun], options: BenchOptions) -> tuple[str
     first: dict[str, PlannedRun] = {}
     for run in runs:
         first.setdefault(run.label, run)
-    chosen = {label: run for label, run in first.items() if method_class(run.cfg.method.name).run_rounds is None}
+    chosen = {label: run for label, run in first.items() if method_class(run.cfg.method.name).round_plan is None}
     skipped = [label for label in first if label not in chosen]
     profiles = profile_steps([r.cfg for r in chosen.values()], steps=options.profile_steps,
                              rounds=options.profile_rounds, warmup=options.profile_warmup, names=list(chosen))

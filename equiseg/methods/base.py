@@ -28,8 +28,8 @@ def register_method(cls: type["Method"]) -> type["Method"]:
 
 @dataclass
 class RoundJob:
-    """One trainer run of a multi-round method (a DST-CBC round), as its driver hands it to the
-    engine (``RoundServices.train_round``)."""
+    """One trainer run of a multi-round method's round, as the engine's round loop
+    (``engine/rounds.py``) runs it."""
 
     round: int
     cfg: Any
@@ -40,24 +40,82 @@ class RoundJob:
     """The checkpoint the round starts from (the best model so far); None for round 0."""
     init_state: Optional[dict]
     val: Any
-    """The selection set the trainer evaluates on (val or valtiny)."""
+    """The selection set the trainer evaluates on (val or a subset of it)."""
     unlabeled: Optional[Any]
     """The round's (pseudo-labeled) unlabeled set, replacing the one the trainer would build."""
 
 
 @dataclass(frozen=True)
-class RoundServices:
-    """What a multi-round method's driver uses of the engine. The engine hands it to
-    ``Method.run_rounds`` (``engine/rounds.py``): methods sit below the engine and never import it."""
+class RoundEnv:
+    """What the engine tells a round plan about the processes it runs in."""
 
-    train_round: Callable[[RoundJob], Any]
-    """One trainer run; returns its ``TrainResult``."""
-    init_distributed: Callable[[str], Any]
-    barrier: Callable[[], None]
-    autocast_factory: Callable[[str, Any], Any]
-    setup_logging: Callable[[Any, bool], None]
-    result: Callable[..., Any]
-    """``result(run_dir, last, best, best_iteration)``: the run's ``TrainResult``."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = lambda: None
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class RoundColumn:
+    """A method's column of the per-round table (``key`` of ``RoundPlan.round_info``)."""
+
+    key: str
+    title: str
+    fmt: str
+    percent: bool = False
+
+
+class RoundPlan:
+    """What a multi-round method (DST-CBC's offline self-training) says about its rounds; the
+    engine's round loop (``engine/rounds.py``) does the rest: round folders and records, resume,
+    one trainer run per round, model selection, full-val tests and results.json.
+
+    Round 0 trains ``round_config(0)`` on the labeled images (or takes ``round0_checkpoint``);
+    round k = 1..``num_rounds`` gets its unlabeled set from ``prepare_round`` (pseudo-labels of the
+    best model so far) and fine-tunes from that model with ``round_config(k)``."""
+
+    num_rounds: int
+    spec: Any
+    """The dataset's :class:`~equiseg.data.spec.DatasetSpec`."""
+    val: Any
+    """The full val set (the numbers reported)."""
+    selection: str = "val"
+    """Name of the model-selection set; ``"val"`` means ``val`` itself."""
+    round0_checkpoint: Optional[Any] = None
+    test_each_round: bool = True
+    """With a selection set other than val: evaluate each round's models on val too (the last
+    round's always are)."""
+    columns: tuple[RoundColumn, ...] = ()
+
+    def describe(self) -> str:
+        """One log line: what the rounds will do."""
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        """The method's settings, for results.json."""
+        return {}
+
+    def round_info(self, k: int) -> dict:
+        """Round k's own parameters (e.g. its labeling ratio), kept in its record and table row."""
+        return {}
+
+    def round_config(self, k: int) -> Any:
+        raise NotImplementedError
+
+    def selection_set(self) -> Any:
+        return self.val
+
+    def prepare_round(self, k: int, round_dir: Any, labeler_round: int, labeler_checkpoint: Any,
+                      load_labeler: Callable[[], nn.Module]) -> tuple[Any, dict]:
+        """Round k's unlabeled training set and a summary of it (at least ``coverage`` and
+        ``miou``, the pseudo-labels' mIoU against ground truth or None). Resumable: a round whose
+        pseudo-labels are complete in ``round_dir`` is read back, not labeled again."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -144,10 +202,10 @@ class Method(nn.Module):
 
     per_class_logs: ClassVar[tuple[PerClassLog, ...]] = ()
     """Per-class series the report draws (AEL: its confidence bank)."""
-    run_rounds: ClassVar[Optional[Callable[..., Any]]] = None
-    """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, resume, services)``
-    driving several trainer runs through ``services`` (:class:`RoundServices`); the engine
-    (``engine/run.py``) calls it instead of one trainer run."""
+    round_plan: ClassVar[Optional[Callable[..., RoundPlan]]] = None
+    """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, env) -> RoundPlan``
+    (``env``: a :class:`RoundEnv`); the engine (``engine/run.py``) then runs the rounds instead of
+    one trainer run."""
 
     @classmethod
     def iteration_budget(cls, method_cfg: dict, iterations_per_run: int) -> tuple[int, str]:

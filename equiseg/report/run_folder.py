@@ -19,12 +19,12 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..errors import EquisegError
-from ..run_layout import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, ROUND_RECORD, RunLayout
+from ..run_layout import (CONFIG_FILE, METRICS_FILE, PSEUDO_LABEL_STATS, RESULTS_FILE, ROUND_DIR_PREFIX, ROUND_RECORD,
+                          RunLayout)
 
 log = logging.getLogger("equiseg")
 
-PSEUDO_LABEL_STATS = "pseudo_labels.json"
-_ROUND_DIR = re.compile(r"round_(\d+)$")
+_ROUND_DIR = re.compile(re.escape(ROUND_DIR_PREFIX) + r"(\d+)$")
 
 
 class RunFolderError(EquisegError, ValueError):
@@ -225,7 +225,7 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
 
 
 def _round_dirs(run_dir: Path) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in run_dir.glob("round_*")
+    found = [(int(m.group(1)), p) for p in run_dir.glob(f"{ROUND_DIR_PREFIX}*")
              if p.is_dir() and (m := _ROUND_DIR.search(p.name))]
     return [p for _, p in sorted(found)]
 
