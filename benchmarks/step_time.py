@@ -21,8 +21,8 @@ import argparse
 import sys
 
 from equiseg.config import load_config
-from equiseg.engine.profile import (DEFAULT_ROUNDS, DEFAULT_STEPS, DEFAULT_WARMUP, SPEED_BASELINES, profile_steps,
-                                    speed_table)
+from equiseg.bench.presets import SPEED_BASELINES
+from equiseg.engine.profile import DEFAULT_ROUNDS, DEFAULT_STEPS, DEFAULT_WARMUP, profile_steps, speed_table
 
 
 def main(argv=None) -> int:

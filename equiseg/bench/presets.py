@@ -16,6 +16,9 @@ from ..errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Where ``configs/`` lives in a source checkout (also with ``pip install -e .``)."""
 
+SPEED_BASELINES = ("supervised", "cutmix")
+"""Methods every other one is compared with in the speed table, when profiled."""
+
 PRESETS: dict[str, dict[str, str]] = {
     "cpu": {
         "supervised": "configs/camvid/supervised_mbv2.yaml",

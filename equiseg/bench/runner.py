@@ -28,7 +28,7 @@ from ..engine.profile import DEFAULT_ROUNDS, DEFAULT_STEPS, DEFAULT_WARMUP
 from ..errors import ConfigError
 from ..run_layout import BENCH_RECORD, RunLayout
 from .cache import RunState, find_finished_run, run_state
-from .presets import preset_configs, resolve_config_path
+from .presets import SPEED_BASELINES, preset_configs, resolve_config_path
 from .table import RunRecord, bench_json, bench_markdown
 
 log = logging.getLogger("equiseg")
@@ -308,7 +308,7 @@ def step_profile(runs: Sequence[PlannedRun], options: BenchOptions) -> tuple[str
             "parts as timed by the engine (data = waiting for the loader; other = losses and bookkeeping).")
     if skipped:
         note += f" Not profiled: {', '.join(skipped)} (trains on offline pseudo-labels in rounds; no standalone step)."
-    return speed_table(profiles) + "\n\n" + note, [p.to_dict() for p in profiles]
+    return speed_table(profiles, SPEED_BASELINES) + "\n\n" + note, [p.to_dict() for p in profiles]
 
 
 # --------------------------------------------------------------------------- entry point

@@ -26,8 +26,6 @@ NEVER = 1_000_000_000
 PROFILE_OVERRIDES = (f"optim.iterations={NEVER}", f"train.eval_every={NEVER}", f"train.sample_every={NEVER}",
                      f"train.checkpoint_every={NEVER}", f"train.log_every={NEVER}", "train.progress_bar=false")
 DEFAULT_STEPS, DEFAULT_ROUNDS, DEFAULT_WARMUP = 10, 3, 3
-SPEED_BASELINES = ("supervised", "cutmix")
-"""Methods every other one is compared with in the speed table, when profiled."""
 
 
 @dataclass
@@ -96,8 +94,9 @@ def profile_steps(configs: Sequence[Config], steps: int = DEFAULT_STEPS, rounds:
             for name, _, _, step_s, sections in runs]
 
 
-def speed_table(profiles: Sequence[StepProfile], baselines: Sequence[str] = SPEED_BASELINES) -> str:
-    """Markdown: ms/step, ratio to each profiled baseline, the section split, data wait %."""
+def speed_table(profiles: Sequence[StepProfile], baselines: Sequence[str] = ()) -> str:
+    """Markdown: ms/step, ratio to each profiled baseline (default: the first profile), the section
+    split, data wait %."""
     by_name = {p.name: p for p in profiles}
     bases = [b for b in baselines if b in by_name] or [profiles[0].name]
     header = ["method", "ms/step", *[f"x {b}" for b in bases], *[f"{k} ms" for k in SECTIONS], "other ms", "data %"]

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from ..data.build import resolve_split
+from ..data.definitions import definition_from_config
 from ..errors import ConfigError
 from ..evaluation.evaluator import evaluate
 from ..methods.base import RoundColumn, RoundEnv, RoundJob, RoundPlan
@@ -59,7 +61,8 @@ class RoundLoop:
         self.train = train or train_round
         self.dist = init_distributed(cfg.run.device)
         self.autocast = autocast_factory(cfg.train.amp, self.dist.device)
-        env = RoundEnv(device=self.dist.device, rank=self.dist.rank, world_size=self.dist.world_size,
+        definition = definition_from_config(cfg.data)
+        env = RoundEnv(definition=definition, lists=resolve_split(cfg.data, definition), device=self.dist.device, rank=self.dist.rank, world_size=self.dist.world_size,
                        barrier=barrier, autocast=self.autocast)
         self.plan: RoundPlan = METHODS.get(cfg.method.name).round_plan(cfg, self.run_dir, env)
 

@@ -47,8 +47,12 @@ class RoundJob:
 
 @dataclass(frozen=True)
 class RoundEnv:
-    """What the engine tells a round plan about the processes it runs in."""
+    """What the engine gives a round plan: the run's data split and the processes it runs in."""
 
+    definition: Any
+    """The dataset's :class:`~equiseg.data.definitions.base.DatasetDefinition` (``.spec``: its classes)."""
+    lists: Any
+    """The run's split (:class:`~equiseg.data.build.SplitLists`: root, labeled, unlabeled and val pairs)."""
     device: torch.device
     rank: int = 0
     world_size: int = 1

@@ -35,8 +35,6 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import DataConfig, MethodConfig, OptimConfig, TrainConfig, validate_config
-from ..data.build import resolve_split
-from ..data.definitions import definition_from_config
 from ..data.io import read_list_file, write_list_file
 from ..data.list_dataset import ListDataset
 from ..data.pseudo_labeled import PseudoLabeledDataset
@@ -240,9 +238,8 @@ class SelfTrainingRounds(RoundPlan):
             if not self.round0_checkpoint.is_file():
                 raise ConfigError(f"method.supervised_checkpoint: {self.round0_checkpoint} does not exist")
         d = cfg.data
-        self.definition = definition_from_config(d)
+        self.definition, self.lists = env.definition, env.lists
         self.spec = self.definition.spec
-        self.lists = resolve_split(d, self.definition)
         self.val = self._listed(self.lists.val, True)
         if not self.lists.unlabeled:
             raise DataError(f"dst_cbc needs unlabeled images, but the {d.dataset} split has none: set data.labeled "

@@ -258,7 +258,7 @@ def hardness_section(run: RunFolder) -> str:
 
 
 def rounds_section(run: RunFolder) -> str:
-    """DST-CBC: pseudo-label coverage and quality per round, and each round's val scores."""
+    """Multi-round runs (DST-CBC): pseudo-label coverage and quality per round, and each round's val scores."""
     if not run.rounds:
         return ""
     rows = [[str(r.round), "-" if r.alpha is None else f"{100 * r.alpha:.0f}", pct(r.coverage),
@@ -285,7 +285,7 @@ def rounds_section(run: RunFolder) -> str:
     note = ('<p class="note">Coverage: share of the unlabeled pixels that kept a pseudo-label. Pseudo-label '
             "mIoU: the kept pseudo-labels against the unlabeled images' ground truth (measured only, never "
             "trained on). best / last: the round's val mIoU; the selected round's best model labels the next round.</p>")
-    return _section("rounds", "DST-CBC rounds", "".join(parts) + note)
+    return _section("rounds", "Self-training rounds", "".join(parts) + note)
 
 
 def timing_section(run: RunFolder) -> str:
