@@ -15,6 +15,7 @@ from equiseg.engine.trainer import Trainer
 from equiseg.evaluation.pseudo_label_audit import PseudoLabelAudit
 from equiseg.methods.components import Ohem, make_pseudo_labels, pixel_cross_entropy
 from equiseg.methods.components.confidence_bank import ConfidenceBank
+from equiseg.methods.components.debias import PseudoLabelDebias
 from equiseg.methods.components.losses import ohem_cross_entropy
 
 try:
@@ -101,6 +102,31 @@ def test_class_adaptive_thresholds_on_a_hand_computed_bank():
     method, *_ = make_method("ael", adaptive_threshold=True, confidence_threshold=0.9)
     method.bank.conf.copy_(torch.tensor([0.9, 0.45, 0.0, 0.3]))
     assert torch.allclose(method.threshold(), expected)
+
+
+def test_debiased_pseudo_labels_on_a_hand_computed_prior():
+    """DebiasPL: p̂ ← m p̂ + (1 − m) mean p over valid pixels; p̃ = softmax(log p − λ log p̂)."""
+    debias = PseudoLabelDebias(2, strength=1.0, momentum=0.5)
+    assert torch.allclose(debias.prior, torch.tensor([0.5, 0.5]))
+    probs = torch.zeros(1, 2, 1, 3)
+    probs[0, :, 0, 0] = torch.tensor([0.8, 0.2])
+    probs[0, :, 0, 1] = torch.tensor([0.6, 0.4])
+    probs[0, :, 0, 2] = torch.tensor([0.0, 1.0])    # crop padding: not in the prior
+    valid = torch.tensor([[[True, True, False]]])
+    adjusted = debias(probs, valid)
+    # mean over the two valid pixels [0.7, 0.3]; p̂ = 0.5 [0.5, 0.5] + 0.5 [0.7, 0.3] = [0.6, 0.4]
+    assert torch.allclose(debias.prior, torch.tensor([0.6, 0.4]))
+    # pixel 1: p / p̂ = [1.0, 1.0] → [0.5, 0.5]; pixel 0: [4/3, 1/2] → normalised [8/11, 3/11]
+    assert torch.allclose(adjusted[0, :, 0, 1], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(adjusted[0, :, 0, 0], torch.tensor([8 / 11, 3 / 11]))
+    # In a method: the rarely predicted class wins the pixel the teacher was unsure of.
+    method, *_ = make_method("cutmix", debias_strength=1.0, debias_momentum=0.0)
+    assert method.debias is not None and "debias.prior" in method.state_dict()  # checkpointed, resumes
+    assert make_method("cutmix")[0].debias is None                             # off by default
+    probs4 = torch.tensor([[0.7, 0.5], [0.1, 0.3], [0.1, 0.1], [0.1, 0.1]]).view(1, 4, 1, 2)
+    pl = make_pseudo_labels(method.debias(probs4, torch.ones(1, 1, 2, dtype=torch.bool)), valid[..., :2], 0.0, IGNORE)
+    # momentum 0: p̂ = [0.6, 0.2, 0.1, 0.1]; pixel 1: p / p̂ = [0.83, 1.5, 1, 1], class 1 wins
+    assert pl.label[0, 0].tolist() == [0, 1] and pl.prediction[0, 0].tolist() == [0, 1]
 
 
 def test_ohem_min_kept_scales_with_the_batch():

@@ -15,6 +15,7 @@ from torch import nn
 from ...config import MethodConfig
 from ..base import Method, MethodContext, unwrap
 from ..base import PseudoTargets, StepOutput
+from .debias import PseudoLabelDebias
 from .losses import Ohem, normalized_weights, supervised_loss
 from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
 from .teacher import BatchNormMode, BufferMode, EMATeacher, PseudoLabels, make_pseudo_labels
@@ -84,6 +85,13 @@ class PseudoLabelConfig(TeacherStudentConfig):
     Eq. 2 / 12), or of every valid pixel, those below the confidence threshold included ('valid':
     FixMatch / UniMatch, and the official AEL code), so that a batch with few confident pixels
     gets a small unlabeled loss instead of a full-weight one on those few."""
+    debias_strength: float = Field(0.0, ge=0)
+    """λ of DebiasPL [Wang et al., CVPR 2022]: pseudo-labels (and their confidence) come from
+    softmax(log p − λ log p̂), p̂ the EMA of the teacher's mean class distribution on the images
+    it labels, so classes the teacher rarely predicts are not unlearned (components/debias.py).
+    0: off, as in the papers."""
+    debias_momentum: float = Field(0.999, ge=0, lt=1)
+    """Momentum of p̂'s EMA (DebiasPL: 0.999)."""
 
 
 class TeacherStudentMethod(Method):
@@ -96,6 +104,8 @@ class TeacherStudentMethod(Method):
         self.teacher = EMATeacher(student, cfg.ema_momentum, cfg.ema_buffers, cfg.teacher_bn)
         self.ohem = (Ohem(cfg.ohem_threshold, cfg.ohem_min_kept, cfg.ohem_min_kept_fraction)
                      if cfg.ohem else None)
+        debiased = isinstance(cfg, PseudoLabelConfig) and cfg.debias_strength > 0
+        self.debias = PseudoLabelDebias(ctx.num_classes, cfg.debias_strength, cfg.debias_momentum) if debiased else None
         # The run's generator (CPU, checkpointed by the engine); a fixed one when run standalone.
         self.generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
 
@@ -103,6 +113,8 @@ class TeacherStudentMethod(Method):
     def pseudo_labels(self, images: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0) -> PseudoLabels:
         """Ŷ: the teacher's pseudo-labels on (weakly augmented) images, under no_grad."""
         probs = self.teacher.probabilities(images, self.ctx.autocast)
+        if self.debias is not None:
+            probs = self.debias(probs, valid)
         return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index)
 
     def student_forward(self, *images: torch.Tensor) -> list[dict]:
