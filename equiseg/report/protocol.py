@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..models.deeplabv3plus import DECODER_CHANNELS
 from ..registry import METHODS
 
 
@@ -78,6 +79,8 @@ def batch(data: dict[str, Any], method: str) -> str:
 def model(config: dict[str, Any]) -> str:
     m = _section(config, "model")
     text = f"{m.get('arch', '?')} {m.get('backbone', '?')} OS{m.get('output_stride', '?')}"
+    if m.get("head_channels") not in (None, DECODER_CHANNELS):
+        text += f", {m['head_channels']}-channel head"
     pretrained = m.get("pretrained")
     return text + (f", ImageNet init {pretrained}" if pretrained else ", random init")
 
