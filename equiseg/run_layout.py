@@ -15,6 +15,7 @@ report` and `equiseg bench` read). Imports nothing of equiseg, so every layer ca
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +89,11 @@ def write_atomic(path: Union[str, Path], content: Union[str, bytes, Callable[[IO
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: Union[str, Path], payload: object) -> None:
+    """``payload`` as indented JSON, atomically (:func:`write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _umask() -> int:

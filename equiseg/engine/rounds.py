@@ -26,7 +26,7 @@ from ..evaluation.evaluator import evaluate
 from ..methods.base import RoundColumn, RoundEnv, RoundJob, RoundPlan
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
 from ..registry import METHODS
-from ..run_layout import ROUND_DIR_PREFIX, RunLayout, write_atomic
+from ..run_layout import ROUND_DIR_PREFIX, RunLayout, write_json
 from .distributed import barrier, init_distributed
 from .trainer import Trainer, TrainResult, autocast_factory, setup_logging
 
@@ -239,7 +239,7 @@ class RoundLoop:
     def _write_json(self, path: Path, payload: Any) -> None:
         """Atomically (temporary file + rename), on the main process only."""
         if self.is_main:
-            write_atomic(path, json.dumps(payload, indent=2) + "\n")
+            write_json(path, payload)
         barrier()
 
     def _metrics(self, entry: dict) -> None:

@@ -34,7 +34,7 @@ from ..models import build_model, convert_sync_batchnorm
 from ..models.checkpoint import load_checkpoint
 from ..parallel import all_reduce_sum
 from ..registry import METHODS
-from ..run_layout import RunLayout, write_atomic
+from ..run_layout import RunLayout, write_json
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers, init_distributed
 from .optim import build_optimizer, build_scheduler
@@ -435,7 +435,7 @@ class Trainer:
             payload = {"method": self.cfg.method.name, "dataset": self.spec.name,
                        "iterations": self.iteration,
                        "last": self.last_eval, "best": self.best, "best_iteration": self.best_iteration}
-            write_atomic(RunLayout(self.run_dir).results, json.dumps(payload, indent=2))
+            write_json(RunLayout(self.run_dir).results, payload)
             from ..evaluation.metrics import EvalResult
             for tag, r in (("last", self.last_eval), ("best", self.best)):
                 log.info("%s checkpoint (iteration %d):\n%s", tag, r["iteration"],

@@ -31,8 +31,8 @@ class PseudoLabelDebias(nn.Module):
         """p̂ ← m p̂ + (1 − m) mean of ``probs`` (B, C, H, W) over the valid pixels of all processes."""
         mask = valid.to(probs.dtype).unsqueeze(1)
         total, count = all_reduce_sum((probs * mask).sum((0, 2, 3)).float(), mask.sum().float().view(1))
-        if count.item() > 0:
-            self.prior.mul_(self.momentum).add_((1 - self.momentum) * total / count)
+        updated = self.momentum * self.prior + (1 - self.momentum) * total / count.clamp_min(1)
+        self.prior.copy_(torch.where(count > 0, updated, self.prior))  # no host sync in the step
 
     @torch.no_grad()
     def forward(self, probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ the unlabeled images have masks (for the report only: the masks never reach trai
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from ...data.pseudo_labeled import (CONFIDENCE_DIR, CONFIDENCE_LEVELS, PSEUDO_LA
 from ...evaluation.inference import predict_probs
 from ...evaluation.metrics import ConfusionMatrix
 from ...parallel import all_reduce_sum
-from ...run_layout import write_atomic
+from ...run_layout import write_json
 from ..base import RoundEnv
 from .class_balanced import TopAlphaThresholds, confidence_bits, sample_pixels, select_pseudo_labels, threshold_values
 
@@ -90,7 +89,7 @@ class OfflineLabeler:
     def write_stats(self, path: Path, stats: dict) -> None:
         """Atomically, on the main process: the file marks the round's pseudo-labels complete."""
         if self.env.is_main:
-            write_atomic(path, json.dumps(stats, indent=2) + "\n")
+            write_json(path, stats)
         self.env.barrier()
 
     def _shard(self) -> range:
