@@ -116,8 +116,8 @@ class RoundPlan:
 
     def prepare_round(self, k: int, round_dir: Any, labeler_round: int, labeler_checkpoint: Any,
                       load_labeler: Callable[[], nn.Module]) -> tuple[Any, dict]:
-        """Round k's unlabeled training set and a summary of it (at least ``coverage`` and
-        ``miou``, the pseudo-labels' mIoU against ground truth or None). Resumable: a round whose
+        """Round k's unlabeled training set and a summary of it (at least ``coverage``, ``miou``,
+        the pseudo-labels' mIoU against ground truth or None, and ``num_images_with_gt``). Resumable: a round whose
         pseudo-labels are complete in ``round_dir`` is read back, not labeled again."""
         raise NotImplementedError
 

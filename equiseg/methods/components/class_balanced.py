@@ -114,7 +114,7 @@ class TopAlphaThresholds:
 def class_balanced_thresholds(ml: torch.Tensor, mp: torch.Tensor, alpha: float, num_classes: int,
                               per_class: bool = True) -> torch.Tensor:
     """t_c (float32 bit patterns) from sampled pixels held in memory: both passes of
-    :class:`TopAlphaThresholds` at once (the driver runs them over the stored maps)."""
+    :class:`TopAlphaThresholds` at once (offline labeling runs them over the stored maps)."""
     top = TopAlphaThresholds(num_classes, alpha, per_class)
     bits = confidence_bits(mp)
     top.count_high(ml, bits)
