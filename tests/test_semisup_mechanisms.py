@@ -15,6 +15,7 @@ from equiseg.engine.trainer import Trainer
 from equiseg.evaluation.pseudo_label_audit import PseudoLabelAudit
 from equiseg.methods.components import Ohem, make_pseudo_labels, pixel_cross_entropy
 from equiseg.methods.components.confidence_bank import ConfidenceBank
+from equiseg.methods.components.class_quantiles import RunningClassThresholds
 from equiseg.methods.components.debias import PseudoLabelDebias
 from equiseg.methods.components.losses import ohem_cross_entropy
 
@@ -127,6 +128,39 @@ def test_debiased_pseudo_labels_on_a_hand_computed_prior():
     pl = make_pseudo_labels(method.debias(probs4, torch.ones(1, 1, 2, dtype=torch.bool)), valid[..., :2], 0.0, IGNORE)
     # momentum 0: p̂ = [0.6, 0.2, 0.1, 0.1]; pixel 1: p / p̂ = [0.83, 1.5, 1, 1], class 1 wins
     assert pl.label[0, 0].tolist() == [0, 1] and pl.prediction[0, 0].tolist() == [0, 1]
+
+
+def test_class_balanced_thresholds_on_hand_computed_histograms():
+    """t_c: top-α of each class's recent confidences; τ_c = min(τ, t_c); absent classes keep theirs."""
+    def batch(pixels):  # (predicted class, confidence) per pixel; the rest of the mass on the others
+        probs = torch.zeros(1, 3, 1, len(pixels))
+        for x, (c, p) in enumerate(pixels):
+            probs[0, :, 0, x] = (1 - p) / 2
+            probs[0, c, 0, x] = p
+        return probs
+
+    balance = RunningClassThresholds(3, fraction=0.5, momentum=0.5)
+    assert balance.thresholds(0.95).tolist() == pytest.approx([0.95] * 3)      # nothing seen yet: τ
+    valid = torch.tensor([[[True] * 5 + [False]]])                             # the last pixel: padding
+    tau = balance(batch([(0, .99), (0, .98), (0, .97), (0, .96), (1, .6), (2, .9)]), valid, 0.95)
+    # class 0: top half ≥ 0.98, above τ; class 1: its one pixel, 0.6; class 2: only on padding, τ
+    assert tau.tolist() == pytest.approx([0.95, 0.6, 0.95], abs=1e-6)
+    # The first batch of a class fills its histogram; later ones are averaged in with momentum 0.5.
+    tau = balance(batch([(1, .8), (0, .98), (0, .97), (0, .96), (1, .8), (2, .9)]), valid,
+                  torch.tensor([0.5, 0.95, 0.95]))
+    # class 1: mass 0.5 at 0.6 and 1.0 at 0.8; the top half of 1.5 is reached at 0.8.
+    # class 0: 0.5 at .99, 1 at .98, .97 and .96; the top half of 3.5 at 0.97, above its τ of 0.5.
+    assert tau.tolist() == pytest.approx([0.5, 0.8, 0.95], abs=1e-6)
+    # CBST / DST-CBC's rule: t_c alone, so a frequent class's bar rises above τ too.
+    replace = RunningClassThresholds(3, fraction=0.5, momentum=0.5, only_lower=False)
+    replace.load_state_dict(balance.state_dict())
+    assert replace.thresholds(0.5).tolist() == pytest.approx([0.97, 0.8, 0.5], abs=1e-6)
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        make_method("cutmix", class_balanced_fraction=0.5, class_balanced_rule="replace", confidence_threshold=0.95)
+    # In a method: checkpointed (resumes), off by default.
+    method, *_ = make_method("cutmix", class_balanced_fraction=0.5, confidence_threshold=0.95)
+    assert "class_balance.histogram" in method.state_dict()
+    assert make_method("cutmix")[0].class_balance is None
 
 
 def test_ohem_min_kept_scales_with_the_batch():

@@ -6,7 +6,7 @@ and unlabeled images, and CutMix among the unlabeled images of a batch.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from pydantic import Field, model_validator
@@ -15,6 +15,7 @@ from torch import nn
 from ...config import MethodConfig
 from ..base import Method, MethodContext, unwrap
 from ..base import PseudoTargets, StepOutput
+from .class_quantiles import RunningClassThresholds
 from .debias import PseudoLabelDebias
 from .losses import Ohem, normalized_weights, supervised_loss
 from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
@@ -92,6 +93,28 @@ class PseudoLabelConfig(TeacherStudentConfig):
     0: off, as in the papers."""
     debias_momentum: float = Field(0.999, ge=0, lt=1)
     """Momentum of p̂'s EMA (DebiasPL: 0.999)."""
+    class_balanced_fraction: Optional[float] = Field(None, gt=0, le=1)
+    """α of online class-balanced thresholds (CBST / DST-CBC's top-α per class, over a running
+    window; components/class_quantiles.py): a pixel predicted as c also passes when its confidence
+    is among the top α of the teacher's recent c predictions, i.e. τ_c = min(τ, t_c). Rare classes
+    the teacher predicts with moderate confidence then get pseudo-labels at all. None: off (the
+    papers)."""
+    class_balanced_momentum: float = Field(0.99, ge=0, lt=1)
+    """Momentum of each class's confidence-histogram EMA, per batch in which the class is predicted."""
+    class_balanced_rule: Literal["lower", "replace"] = "lower"
+    """'lower': τ_c = min(τ, t_c), a rare class's bar drops and a frequent one keeps τ. 'replace':
+    τ_c = t_c, CBST / DST-CBC's rule: every class keeps its top α, so a frequent class's bar rises
+    above τ too (fewer confident-but-wrong head labels on tail pixels); ``confidence_threshold``
+    is then unused and must be left at 0."""
+
+    @model_validator(mode="after")
+    def _class_balance_consistent(self):
+        if self.class_balanced_rule == "replace" and self.class_balanced_fraction is None:
+            raise ValueError("class_balanced_rule 'replace' needs class_balanced_fraction")
+        if self.class_balanced_rule == "replace" and self.confidence_threshold > 0:
+            raise ValueError("class_balanced_rule 'replace' sets every class's threshold from its top "
+                             "class_balanced_fraction; set confidence_threshold to 0 (it would be unused)")
+        return self
 
 
 class TeacherStudentMethod(Method):
@@ -106,15 +129,24 @@ class TeacherStudentMethod(Method):
                      if cfg.ohem else None)
         debiased = isinstance(cfg, PseudoLabelConfig) and cfg.debias_strength > 0
         self.debias = PseudoLabelDebias(ctx.num_classes, cfg.debias_strength, cfg.debias_momentum) if debiased else None
+        balanced = isinstance(cfg, PseudoLabelConfig) and cfg.class_balanced_fraction is not None
+        self.class_balance = (RunningClassThresholds(ctx.num_classes, cfg.class_balanced_fraction,
+                                                     cfg.class_balanced_momentum,
+                                                     only_lower=cfg.class_balanced_rule == "lower")
+                              if balanced else None)
         # The run's generator (CPU, checkpointed by the engine); a fixed one when run standalone.
         self.generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
 
     # ---- the parts every step uses
-    def pseudo_labels(self, images: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0) -> PseudoLabels:
-        """Ŷ: the teacher's pseudo-labels on (weakly augmented) images, under no_grad."""
+    def pseudo_labels(self, images: torch.Tensor, valid: torch.Tensor,
+                      threshold: Union[float, torch.Tensor] = 0.0) -> PseudoLabels:
+        """Ŷ: the teacher's pseudo-labels on (weakly augmented) images, under no_grad; ``threshold``
+        τ or per-class τ_c, lowered to the class-balanced t_c when that is on."""
         probs = self.teacher.probabilities(images, self.ctx.autocast)
         if self.debias is not None:
             probs = self.debias(probs, valid)
+        if self.class_balance is not None:
+            threshold = self.class_balance(probs, valid, threshold)
         return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index)
 
     def student_forward(self, *images: torch.Tensor) -> list[dict]:
