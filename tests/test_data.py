@@ -473,3 +473,15 @@ def test_hue_shift_truncates_like_torchvision():
         assert np.array_equal(same, np.asarray(adjust_hue(img, levels / 255))), shift
         rounded = levels + (1 if levels > 0 else -1)
         assert not np.array_equal(same, np.asarray(adjust_hue(img, rounded / 255))), shift
+
+
+def test_colour_cast_changes_the_look_not_the_scene():
+    """The demo's per-image colour cast: same masks, same scenes at cast 0, channel gains within 1 ± cast."""
+    plain, masks = make_synthetic_arrays(4, size=(24, 32), seed=3)
+    cast, cast_masks = make_synthetic_arrays(4, size=(24, 32), seed=3, cast=0.45)
+    assert (masks == cast_masks).all()
+    assert (make_synthetic_arrays(4, size=(24, 32), seed=3, cast=0.0)[0] == plain).all()
+    assert not (cast == plain).all()
+    means = cast.reshape(4, -1, 3).mean(1) / plain.reshape(4, -1, 3).mean(1).clip(1)
+    assert ((means > 0.5) & (means < 1.5)).all()
+    assert (make_synthetic_arrays(4, size=(24, 32), seed=3, cast=0.45)[0] == cast).all()  # deterministic

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the semi-supervised method trained beside supervised, with the CPU preset's short-schedule "
                         "settings (default cutmix)")
     p.add_argument("--iterations", type=int, default=None,
-                   help="training iterations of each run (default 200; 30 with --quick)")
+                   help="training iterations of each run (default 400; 30 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="a much smaller dataset and run, for smoke tests (its own data folder)")
     return parser

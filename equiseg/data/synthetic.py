@@ -141,12 +141,29 @@ def render_scene(rng: np.random.Generator,
     return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
 
+_CAST_STREAM = 7  # the colour cast's own random stream, so the scenes stay those drawn without one
+
+
+def colour_cast(image: np.ndarray, strength: float, seed: tuple[int, ...]) -> np.ndarray:
+    """The image under a per-image colour cast: each channel times a gain drawn uniformly from
+    [1 - strength, 1 + strength] (a camera's white balance and exposure; 0: unchanged)."""
+    if strength <= 0:
+        return image
+    gains = np.random.default_rng(seed + (_CAST_STREAM,)).uniform(1 - strength, 1 + strength, size=3)
+    return np.clip(image.astype(np.float32) * gains, 0, 255).astype(np.uint8)
+
+
+def _scene(seed: int, stream: int, i: int, size: tuple[int, int], cast: float) -> tuple[np.ndarray, np.ndarray]:
+    image, mask = render_scene(np.random.default_rng((seed, stream, i)), size)
+    return colour_cast(image, cast, (seed, stream, i)), mask
+
+
 def make_synthetic_arrays(n: int, size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE, seed: int = 0,
-                          stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                          stream: int = 0, cast: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """In-memory variant: ``(images (n, H, W, 3) uint8, masks (n, H, W) uint8)``; scene ``i`` is
     drawn from ``default_rng((seed, stream, i))``, the same as the files of
     :func:`make_synthetic_dataset` (stream 0 = train, 1 = val)."""
-    scenes = [render_scene(np.random.default_rng((seed, stream, i)), size) for i in range(n)]
+    scenes = [_scene(seed, stream, i, size, cast) for i in range(n)]
     h, w = size
     images = np.stack([s[0] for s in scenes]) if scenes else np.zeros((0, h, w, 3), np.uint8)
     masks = np.stack([s[1] for s in scenes]) if scenes else np.zeros((0, h, w), np.uint8)
@@ -160,8 +177,10 @@ def class_frequencies(masks: np.ndarray, num_classes: int = len(SYNTHETIC_CLASSE
 
 
 def make_synthetic_dataset(out_dir: Union[str, Path], n_train: int, n_val: int,
-                           size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE, seed: int = 0) -> Path:
+                           size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE, seed: int = 0, cast: float = 0.0) -> Path:
     """Write a synthetic dataset folder readable by the ``synthetic`` (or ``folder``) definition.
+    ``cast``: strength of a per-image colour cast (:func:`colour_cast`; 0 = none), which makes a few
+    labeled scenes cover only a few of the looks that the unlabeled ones show.
 
     Layout: ``images/{train,val}_NNNNN.png``, ``masks/...png`` (class ids, mode L),
     ``train.txt`` / ``val.txt`` (``image label`` lines), ``classes.txt`` and ``synthetic.json``
@@ -172,12 +191,12 @@ def make_synthetic_dataset(out_dir: Union[str, Path], n_train: int, n_val: int,
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    meta = {"generator": "equiseg.data.synthetic", "seed": seed, "size": list(size), "classes": list(SYNTHETIC_CLASSES),
+    meta = {"generator": "equiseg.data.synthetic", "seed": seed, "size": list(size), "colour_cast": cast, "classes": list(SYNTHETIC_CLASSES),
             "tail_classes": list(SYNTHETIC_TAIL), "splits": {}}
     for stream, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         lines, freq = [], np.zeros(len(SYNTHETIC_CLASSES))
         for i in range(n):
-            image, mask = render_scene(np.random.default_rng((seed, stream, i)), size)
+            image, mask = _scene(seed, stream, i, size, cast)
             stem = f"{split}_{i:05d}"
             Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}.png")
             Image.fromarray(mask, mode="L").save(out / "masks" / f"{stem}.png")
