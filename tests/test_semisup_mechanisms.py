@@ -142,11 +142,11 @@ def test_class_balanced_thresholds_on_hand_computed_histograms():
     balance = RunningClassThresholds(3, fraction=0.5, momentum=0.5)
     assert balance.thresholds(0.95).tolist() == pytest.approx([0.95] * 3)      # nothing seen yet: τ
     valid = torch.tensor([[[True] * 5 + [False]]])                             # the last pixel: padding
-    tau = balance(batch([(0, .99), (0, .98), (0, .97), (0, .96), (1, .6), (2, .9)]), valid, 0.95)
+    tau = balance(*batch([(0, .99), (0, .98), (0, .97), (0, .96), (1, .6), (2, .9)]).max(1), valid, 0.95)
     # class 0: top half ≥ 0.98, above τ; class 1: its one pixel, 0.6; class 2: only on padding, τ
     assert tau.tolist() == pytest.approx([0.95, 0.6, 0.95], abs=1e-6)
     # The first batch of a class fills its histogram; later ones are averaged in with momentum 0.5.
-    tau = balance(batch([(1, .8), (0, .98), (0, .97), (0, .96), (1, .8), (2, .9)]), valid,
+    tau = balance(*batch([(1, .8), (0, .98), (0, .97), (0, .96), (1, .8), (2, .9)]).max(1), valid,
                   torch.tensor([0.5, 0.95, 0.95]))
     # class 1: mass 0.5 at 0.6 and 1.0 at 0.8; the top half of 1.5 is reached at 0.8.
     # class 0: 0.5 at .99, 1 at .98, .97 and .96; the top half of 3.5 at 0.97, above its τ of 0.5.

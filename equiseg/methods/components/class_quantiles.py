@@ -42,10 +42,10 @@ class RunningClassThresholds(nn.Module):
     def update(self, confidence: torch.Tensor, prediction: torch.Tensor, valid: torch.Tensor) -> None:
         """Add one batch's valid pixels (confidence and predicted class, (B, H, W)) of all processes."""
         num_classes = self.histogram.shape[0]
-        bins = (confidence.float() * BINS).long().clamp(0, BINS - 1)
-        flat = (prediction.long().clamp(0, num_classes - 1) * BINS + bins)[valid]
+        flat = prediction.long() * BINS + (confidence.float() * BINS).long().clamp_(0, BINS - 1)
         batch = torch.zeros(num_classes * BINS, device=confidence.device)
-        batch.scatter_add_(0, flat, torch.ones_like(flat, dtype=batch.dtype))
+        # Padding counts with weight 0 (no boolean indexing, which would sync with the host on a GPU).
+        batch.scatter_add_(0, flat.view(-1), valid.reshape(-1).to(batch.dtype))
         (batch,) = all_reduce_sum(batch.view(num_classes, BINS))
         seen = batch.sum(1, keepdim=True) > 0
         first = self.histogram.sum(1, keepdim=True) == 0
@@ -65,8 +65,8 @@ class RunningClassThresholds(nn.Module):
         return torch.where(total[:, 0] > 0, torch.minimum(tau, t) if self.only_lower else t, tau)
 
     @torch.no_grad()
-    def forward(self, probs: torch.Tensor, valid: torch.Tensor, tau: Union[float, torch.Tensor]) -> torch.Tensor:
-        """Update with the teacher's ``probs`` (B, C, H, W), then return the (C,) thresholds τ_c."""
-        confidence, prediction = probs.max(1)
-        self.update(confidence, prediction, valid.bool())
+    def forward(self, confidence: torch.Tensor, prediction: torch.Tensor, valid: torch.Tensor,
+                tau: Union[float, torch.Tensor]) -> torch.Tensor:
+        """Update with the teacher's max probability and argmax (B, H, W), then return the (C,) τ_c."""
+        self.update(confidence, prediction, valid)
         return self.thresholds(tau)

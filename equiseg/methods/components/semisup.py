@@ -145,9 +145,11 @@ class TeacherStudentMethod(Method):
         probs = self.teacher.probabilities(images, self.ctx.autocast)
         if self.debias is not None:
             probs = self.debias(probs, valid)
-        if self.class_balance is not None:
-            threshold = self.class_balance(probs, valid, threshold)
-        return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index)
+        if self.class_balance is None:
+            return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index)
+        top = probs.max(dim=1)
+        threshold = self.class_balance(*top, valid, threshold)
+        return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index, top=top)
 
     def student_forward(self, *images: torch.Tensor) -> list[dict]:
         """The student's output dict for each image batch: one forward per batch ('separate') or

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Callable, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -103,11 +103,11 @@ class PseudoLabels:
 
 
 def make_pseudo_labels(probs: torch.Tensor, valid: torch.Tensor, threshold: Union[float, torch.Tensor],
-                       ignore_index: int) -> PseudoLabels:
+                       ignore_index: int, top: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> PseudoLabels:
     """ŷ = argmax p, confidence = max p; pixels below ``threshold`` (a number, or a (C,) tensor of
     per-class thresholds indexed by the predicted class) or outside ``valid`` (crop padding) are set
-    to ``ignore_index``."""
-    confidence, prediction = probs.max(dim=1)
+    to ``ignore_index``. ``top``: ``probs.max(dim=1)`` when the caller has computed it already."""
+    confidence, prediction = probs.max(dim=1) if top is None else top
     valid = valid.bool()
     if torch.is_tensor(threshold):
         threshold = threshold.to(probs.device, probs.dtype)[prediction]
