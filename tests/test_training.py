@@ -267,3 +267,25 @@ def test_labeled_count_may_be_an_integer():
     from equiseg.config import load_config
     assert load_config(None, ["data.labeled=4"]).data.labeled == "4"
     assert load_config(None, ["data.labeled=1/8"]).data.labeled == "1/8"
+
+
+def test_teacher_probe_counts_every_unlabeled_pixel_of_a_class(data_root, tmp_path, capsys):
+    """benchmarks/teacher_probe.py: the unlabeled masks' pixels of a class, split by prediction."""
+    import importlib.util
+    from PIL import Image
+    cfg = validate_config(tiny_config(data_root, tmp_path, iterations=2))
+    Trainer(cfg, tmp_path / "r").fit()
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_probe.py"
+    spec = importlib.util.spec_from_file_location("teacher_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main([str(tmp_path / "r"), "--classes", "road,person", "--min-share", "0"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in (tmp_path / "r" / "split" / "unlabeled.txt").read_text().splitlines()]
+    masks = [np.asarray(Image.open(data_root / mask)) for _, mask in lines]
+    for name, c in (("road", 3), ("person", 5)):
+        total = sum(int((m == c).sum()) for m in masks)
+        assert f"true {name}: {total} pixels" in out
+        block = out.split(f"true {name}:")[1].split("true ")[0]
+        shares = [float(line.split()[2]) for line in block.splitlines() if line.strip().startswith("predicted")]
+        assert sum(shares) == pytest.approx(100, abs=0.5)   # every pixel is predicted as some class
