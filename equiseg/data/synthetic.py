@@ -191,8 +191,8 @@ def make_synthetic_dataset(out_dir: Union[str, Path], n_train: int, n_val: int,
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    meta = {"generator": "equiseg.data.synthetic", "seed": seed, "size": list(size), "colour_cast": cast, "classes": list(SYNTHETIC_CLASSES),
-            "tail_classes": list(SYNTHETIC_TAIL), "splits": {}}
+    meta = {"generator": "equiseg.data.synthetic", "seed": seed, "size": list(size), "colour_cast": cast,
+            "classes": list(SYNTHETIC_CLASSES), "tail_classes": list(SYNTHETIC_TAIL), "splits": {}}
     for stream, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         lines, freq = [], np.zeros(len(SYNTHETIC_CLASSES))
         for i in range(n):

@@ -1,9 +1,9 @@
 """Pieces the semi-supervised methods share instead of copying: the EMA teacher and its
 pseudo-labels (teacher.py), the teacher-student base (semisup.py), mixing (mixing.py), losses
-(losses.py), AEL's confidence and class-presence banks (confidence_bank.py), DebiasPL (debias.py), DST-CBC's
-class-balanced thresholds and offline labeling (class_balanced.py, offline_labeling.py), their online
-counterpart for the teacher-student methods (class_quantiles.py), HagSeg's
-hardness (hardness.py) and generator-driven random draws (rng.py)."""
+(losses.py), AEL's confidence and class-presence banks (confidence_bank.py), DebiasPL (debias.py),
+DST-CBC's class-balanced thresholds and offline labeling (class_balanced.py, offline_labeling.py),
+their online counterpart for the teacher-student methods (class_quantiles.py), HagSeg's hardness
+(hardness.py) and generator-driven random draws (rng.py)."""
 from .confidence_bank import ClassPresenceBank, ConfidenceBank, class_sums, pixel_indicator
 from .losses import (Ohem, equalization_sampling_mask, normalized_weights, pixel_cross_entropy, reweighting_weights,
                      sigmoid_rampup, softmax_mse, supervised_loss, weighted_mean)
