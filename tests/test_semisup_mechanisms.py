@@ -13,7 +13,7 @@ from equiseg.config import validate_config
 from equiseg.data.synthetic import SYNTHETIC_SPEC
 from equiseg.engine.trainer import Trainer
 from equiseg.evaluation.pseudo_label_audit import PseudoLabelAudit
-from equiseg.methods.components import Ohem, make_pseudo_labels, pixel_cross_entropy
+from equiseg.methods.components import Ohem, make_pseudo_labels, partial_label_cross_entropy, pixel_cross_entropy
 from equiseg.methods.components.confidence_bank import ConfidenceBank
 from equiseg.methods.components.class_quantiles import RunningClassThresholds
 from equiseg.methods.components.debias import PseudoLabelDebias
@@ -130,6 +130,36 @@ def test_debiased_pseudo_labels_on_a_hand_computed_prior():
     assert pl.label[0, 0].tolist() == [0, 1] and pl.prediction[0, 0].tolist() == [0, 1]
 
 
+def test_distribution_alignment_on_hand_computed_marginals():
+    """ReMixMatch's distribution alignment: π from the labeled ground truth, p̂ from the teacher,
+    both set by their first batch, then EMAs; p̃ ∝ p · π / p̂."""
+    align = PseudoLabelDebias(2, strength=1.0, momentum=0.5, target="labeled")
+    align.observe_labeled(torch.tensor([[[0, 0, 1, IGNORE]]]), IGNORE)        # first batch: π = [2/3, 1/3]
+    assert torch.allclose(align.labeled_prior, torch.tensor([2 / 3, 1 / 3]))
+    align.observe_labeled(torch.tensor([[[1, 1, 1, 1]]]), IGNORE)             # π = ½ π + ½ [0, 1]
+    assert torch.allclose(align.labeled_prior, torch.tensor([1 / 3, 2 / 3]))
+    probs = torch.zeros(1, 2, 1, 3)
+    probs[0, :, 0, 0] = torch.tensor([0.8, 0.2])
+    probs[0, :, 0, 1] = torch.tensor([1.0, 0.0])
+    probs[0, :, 0, 2] = torch.tensor([0.0, 1.0])    # crop padding: not in p̂
+    adjusted = align(probs, torch.tensor([[[True, True, False]]]))
+    assert torch.allclose(align.prior, torch.tensor([0.9, 0.1]))              # first batch: the mean
+    # pixel 0: p · π / p̂ = [0.8 · (1/3) / 0.9, 0.2 · (2/3) / 0.1] = [0.296, 1.333] → class 1 wins
+    expected = torch.tensor([0.8 / 3 / 0.9, 0.2 * 2 / 3 / 0.1])
+    assert torch.allclose(adjusted[0, :, 0, 0], expected / expected.sum())
+    # In a method: π comes from the labeled batch before anything is pasted into it.
+    method, _, labeled, unlabeled = make_method("ael", debias_strength=1.0, debias_target="labeled",
+                                                acp_probability=1.0)
+    assert "debias.labeled_prior" in method.state_dict()                     # checkpointed, resumes
+    l, u = batches(labeled, unlabeled, 0)
+    known = l["label"][l["label"] != IGNORE]
+    raw = torch.bincount(known, minlength=method.ctx.num_classes).float() / known.numel()
+    out = method.training_step(l, u, 0)
+    assert out.logs["acp_pixel_ratio"] > 0 and torch.allclose(method.debias.labeled_prior, raw)
+    with pytest.raises(ValueError, match="needs debias_strength"):
+        make_method("cutmix", debias_target="labeled")
+
+
 def test_class_balanced_thresholds_on_hand_computed_histograms():
     """t_c: top-α of each class's recent confidences; τ_c = min(τ, t_c); absent classes keep theirs."""
     def batch(pixels):  # (predicted class, confidence) per pixel; the rest of the mass on the others
@@ -243,3 +273,23 @@ def test_audit_needs_a_mask_for_every_unlabeled_image(data_root):  # noqa: F811
     assert "label" not in sample and sample["audit_label"].shape == sample["valid"].shape
     plain_sample = audited.dataset.load(1, 5)
     assert torch.equal(plain_sample["image"], sample["image"])   # the masks change no augmentation draw
+
+
+def test_partial_label_loss_on_hand_computed_sets():
+    """−log Σ_{c ∈ S} q^c with S = candidates ∪ {ŷ}; ℓ_ce when S = {ŷ}; 0 on ignored pixels."""
+    logits = torch.tensor([1.0, 0.0, 2.0, -1.0]).view(1, 4, 1, 1).repeat(1, 1, 1, 3)
+    q = logits[0, :, 0, 0].softmax(0)
+    target = torch.tensor([[[0, 0, IGNORE]]])
+    candidates = torch.zeros(1, 4, 1, 3, dtype=torch.bool)
+    candidates[0, 2, 0, 0] = True                                   # pixel 0: S = {0, 2}
+    loss = partial_label_cross_entropy(logits, target, candidates, IGNORE)
+    assert torch.allclose(loss[0, 0, 0], -(q[0] + q[2]).log())
+    assert torch.allclose(loss[0, 0, 1], pixel_cross_entropy(logits, target, IGNORE)[0, 0, 1])  # S = {0}
+    assert loss[0, 0, 2] == 0
+    # In a method: an ε no teacher probability reaches leaves every set a singleton, so L_u is
+    # exactly the plain one; a small ε changes it.
+    losses = {}
+    for epsilon in (None, 0.999, 0.05):
+        method, _, labeled, unlabeled = make_method("cutmix", seed=3, partial_label_threshold=epsilon)
+        losses[epsilon] = method.training_step(*batches(labeled, unlabeled, 0), 0).logs["loss_unsup"]
+    assert torch.allclose(losses[0.999], losses[None]) and losses[0.05] < losses[None] - 1e-3

@@ -24,7 +24,7 @@ from torch import nn
 from .base import MethodContext, PerClassLog, PseudoTargets, StepOutput, register_method
 from .components import (ClassPresenceBank, ConfidenceBank, PseudoLabelConfig, TeacherStudentMethod,
                          class_region_masks, copy_paste_mask, equalization_sampling_mask, large_scale_jitter,
-                         masked_mean, paste, pixel_cross_entropy, random_boxes, reweighting_weights,
+                         masked_mean, paste, random_boxes, reweighting_weights,
                          weighted_mean)
 from .components.confidence_bank import AbsentClass, Indicator, Pooling
 from .components.losses import Normalization
@@ -168,6 +168,7 @@ class AEL(TeacherStudentMethod):
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
         logs: dict = {}
+        self.observe_labeled(labeled)  # before Copy-Paste adds pixels to it
 
         # Labeled images D^l with their ground truth, through adaptive Copy-Paste.
         if cfg.adaptive_copy_paste:
@@ -343,7 +344,7 @@ class AEL(TeacherStudentMethod):
         (Eq. 11-13); with both components off, Eq. 2. With ``loss_denominator: valid`` the pixels
         below the threshold keep their w_ij in the denominator (the official code)."""
         cfg, ignore = self.cfg, self.ctx.ignore_index
-        ce = pixel_cross_entropy(logits, target["label"], ignore)
+        ce = self.unlabeled_pixel_loss(logits, target)
         pseudo_labeled = target["label"] != ignore
         # 𝟙_ij: adaptive equalization sampling with rates s^c (Eq. 10-11); all ones when off.
         sampled = target["valid"].clone()

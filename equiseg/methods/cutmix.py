@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 from .base import StepOutput, register_method
-from .components import PseudoLabelConfig, TeacherStudentMethod, masked_mean, pixel_cross_entropy, weighted_mean
+from .components import PseudoLabelConfig, TeacherStudentMethod, masked_mean, weighted_mean
 
 
 class CutMixConfig(PseudoLabelConfig):
@@ -24,6 +24,7 @@ class CutMix(TeacherStudentMethod):
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
+        self.observe_labeled(labeled)
         if self.in_warmup(iteration):
             return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
@@ -41,7 +42,7 @@ class CutMix(TeacherStudentMethod):
         loss_s = self.labeled_loss(out_l, y_l)                                  # Eq. 1
         pseudo_labeled = mixed["label"] != ignore
         denominator = self.unsupervised_denominator(mixed)
-        loss_u = weighted_mean(pixel_cross_entropy(out_u["out"], mixed["label"], ignore), pseudo_labeled,
+        loss_u = weighted_mean(self.unlabeled_pixel_loss(out_u["out"], mixed), pseudo_labeled,
                                denominator)                                     # Eq. 2
         loss = loss_s + cfg.alpha * loss_u                                      # Eq. 3
         logs = {"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(),

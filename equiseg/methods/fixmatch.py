@@ -16,7 +16,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from .base import StepOutput, register_method
-from .components import LossDenominator, PseudoLabelConfig, TeacherStudentMethod, masked_mean, pixel_cross_entropy, weighted_mean
+from .components import LossDenominator, PseudoLabelConfig, TeacherStudentMethod, masked_mean, weighted_mean
 
 FIXMATCH_THRESHOLD = 0.95
 
@@ -36,6 +36,7 @@ class FixMatch(TeacherStudentMethod):
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
+        self.observe_labeled(labeled)
         if self.in_warmup(iteration):
             return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
@@ -51,7 +52,7 @@ class FixMatch(TeacherStudentMethod):
 
         loss_s = self.labeled_loss(out_l, y_l)
         confident = mixed["label"] != ignore
-        ce = pixel_cross_entropy(out_s["out"], mixed["label"], ignore)
+        ce = self.unlabeled_pixel_loss(out_s["out"], mixed)
         denominator = self.unsupervised_denominator(mixed)
         loss_u = weighted_mean(ce, confident, denominator)
         loss = loss_s + cfg.alpha * loss_u

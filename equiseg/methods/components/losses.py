@@ -23,6 +23,19 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index
     return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
 
 
+def partial_label_cross_entropy(logits: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor,
+                                ignore_index: int) -> torch.Tensor:
+    """−log Σ_{c ∈ S_j} q_j^c per pixel, (B, H, W), S_j = ``candidates`` (B, C, H, W) bool plus
+    ``target``'s class (partial-label learning [Cour, Sapp, Taskar, JMLR 2011]); 0 where
+    ``target`` is ``ignore_index``. With S_j = {target} it is ℓ_ce."""
+    logits = logits.float()
+    known = target != ignore_index
+    one_hot = F.one_hot(target.masked_fill(~known, 0), logits.shape[1]).permute(0, 3, 1, 2).bool()
+    in_set = candidates.bool() | one_hot
+    loss = logits.logsumexp(1) - logits.masked_fill(~in_set, float("-inf")).logsumexp(1)
+    return loss * known
+
+
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor, denominator: Optional[torch.Tensor] = None,
                   normalization: Normalization = "image") -> torch.Tensor:
     """Σ_j w_ij v_ij / Σ_j d_ij with d = w unless given.

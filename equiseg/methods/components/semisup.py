@@ -16,8 +16,8 @@ from ...config import MethodConfig
 from ..base import Method, MethodContext, unwrap
 from ..base import PseudoTargets, StepOutput
 from .class_quantiles import RunningClassThresholds
-from .debias import PseudoLabelDebias
-from .losses import Ohem, normalized_weights, supervised_loss
+from .debias import DebiasTarget, PseudoLabelDebias
+from .losses import Ohem, normalized_weights, partial_label_cross_entropy, pixel_cross_entropy, supervised_loss
 from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
 from .teacher import BatchNormMode, BufferMode, EMATeacher, PseudoLabels, make_pseudo_labels
 
@@ -92,13 +92,26 @@ class PseudoLabelConfig(TeacherStudentConfig):
     it labels, so classes the teacher rarely predicts are not unlearned (components/debias.py).
     0: off, as in the papers."""
     debias_momentum: float = Field(0.999, ge=0, lt=1)
-    """Momentum of p̂'s EMA (DebiasPL: 0.999)."""
+    """Momentum of p̂'s EMA (DebiasPL: 0.999), and of π's with ``debias_target: labeled``."""
+    debias_target: DebiasTarget = "uniform"
+    """The class distribution the pseudo-labels are pulled toward: 'uniform' (DebiasPL,
+    softmax(log p − λ log p̂)) or 'labeled': distribution alignment [ReMixMatch, Berthelot et al.,
+    ICLR 2020], softmax(log p + λ (log π − log p̂)), π the EMA of the labeled batches' class
+    distribution; a class the teacher predicts less often than the labeled data holds it is boosted
+    until it is predicted as often (components/debias.py). Needs ``debias_strength`` > 0."""
     class_balanced_fraction: Optional[float] = Field(None, gt=0, le=1)
     """α of online class-balanced thresholds (CBST / DST-CBC's top-α per class, over a running
     window; components/class_quantiles.py): a pixel predicted as c also passes when its confidence
     is among the top α of the teacher's recent c predictions, i.e. τ_c = min(τ, t_c). Rare classes
     the teacher predicts with moderate confidence then get pseudo-labels at all. None: off (the
     papers)."""
+    partial_label_threshold: Optional[float] = Field(None, gt=0, lt=1)
+    """ε: L_u at a pseudo-labeled pixel is −log Σ_{c ∈ S} q^c over the set S of classes whose
+    teacher probability reaches ε (plus the pseudo-label), not ℓ_ce on the pseudo-label alone
+    (partial-label learning [Cour et al., JMLR 2011]). Where the teacher hesitates between a
+    frequent class and a rare one (CamVid: a rider predicted Pedestrian with p(Bicyclist) ≈ 0.08),
+    L_u no longer teaches "not the rare class" and leaves that choice to L_s; a confident pixel
+    (max p > 1 − ε) keeps its one label. None: off (the papers)."""
     class_balanced_momentum: float = Field(0.99, ge=0, lt=1)
     """Momentum of each class's confidence-histogram EMA, per batch in which the class is predicted."""
     class_balanced_rule: Literal["lower", "replace"] = "lower"
@@ -109,6 +122,8 @@ class PseudoLabelConfig(TeacherStudentConfig):
 
     @model_validator(mode="after")
     def _class_balance_consistent(self):
+        if self.debias_target != "uniform" and self.debias_strength == 0:
+            raise ValueError(f"debias_target '{self.debias_target}' needs debias_strength > 0 (1: full alignment)")
         if self.class_balanced_rule == "replace" and self.class_balanced_fraction is None:
             raise ValueError("class_balanced_rule 'replace' needs class_balanced_fraction")
         if self.class_balanced_rule == "replace" and self.confidence_threshold > 0:
@@ -128,7 +143,8 @@ class TeacherStudentMethod(Method):
         self.ohem = (Ohem(cfg.ohem_threshold, cfg.ohem_min_kept, cfg.ohem_min_kept_fraction)
                      if cfg.ohem else None)
         debiased = isinstance(cfg, PseudoLabelConfig) and cfg.debias_strength > 0
-        self.debias = PseudoLabelDebias(ctx.num_classes, cfg.debias_strength, cfg.debias_momentum) if debiased else None
+        self.debias = (PseudoLabelDebias(ctx.num_classes, cfg.debias_strength, cfg.debias_momentum, cfg.debias_target)
+                       if debiased else None)
         balanced = isinstance(cfg, PseudoLabelConfig) and cfg.class_balanced_fraction is not None
         self.class_balance = (RunningClassThresholds(ctx.num_classes, cfg.class_balanced_fraction,
                                                      cfg.class_balanced_momentum,
@@ -150,6 +166,12 @@ class TeacherStudentMethod(Method):
         top = probs.max(dim=1)
         threshold = self.class_balance(*top, valid, threshold)
         return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index, top=top)
+
+    def observe_labeled(self, labeled: dict) -> None:
+        """What the pseudo-labelling learns from a labeled batch before any augmentation that adds
+        pixels to it (distribution alignment's π); called first thing in each step."""
+        if self.debias is not None:
+            self.debias.observe_labeled(labeled["label"], self.ctx.ignore_index)
 
     def student_forward(self, *images: torch.Tensor) -> list[dict]:
         """The student's output dict for each image batch: one forward per batch ('separate') or
@@ -180,8 +202,19 @@ class TeacherStudentMethod(Method):
         elsewhere), so the engine's pseudo-label audit can find a trained pixel's true class."""
         origin = (torch.arange(pseudo.valid.numel(), device=pseudo.valid.device).view(pseudo.valid.shape)
                   if from_batch else torch.full_like(pseudo.valid, -1, dtype=torch.long))
-        return {"image": image, "label": pseudo.label, "prediction": pseudo.prediction,
-                "confidence": pseudo.confidence, "valid": pseudo.valid, "origin": origin}
+        sample = {"image": image, "label": pseudo.label, "prediction": pseudo.prediction,
+                  "confidence": pseudo.confidence, "valid": pseudo.valid, "origin": origin}
+        epsilon = getattr(self.cfg, "partial_label_threshold", None)
+        if epsilon is not None:  # (B, C, H, W): mixed like the images
+            sample["candidates"] = pseudo.probs >= epsilon
+        return sample
+
+    def unlabeled_pixel_loss(self, logits: torch.Tensor, target: dict) -> torch.Tensor:
+        """L_u's per-pixel term against a mixed sample: ℓ_ce on the pseudo-label, or the
+        partial-label loss over the teacher's candidate classes (``partial_label_threshold``)."""
+        if "candidates" in target:
+            return partial_label_cross_entropy(logits, target["label"], target["candidates"], self.ctx.ignore_index)
+        return pixel_cross_entropy(logits, target["label"], self.ctx.ignore_index)
 
     def unsupervised_denominator(self, target: dict) -> Optional[torch.Tensor]:
         """The normaliser of L_u by ``cfg.loss_denominator`` (None: the loss weights themselves)."""
