@@ -16,6 +16,7 @@ from equiseg.evaluation.pseudo_label_audit import PseudoLabelAudit
 from equiseg.methods.components import Ohem, make_pseudo_labels, partial_label_cross_entropy, pixel_cross_entropy
 from equiseg.methods.components.confidence_bank import ConfidenceBank
 from equiseg.methods.components.class_quantiles import RunningClassThresholds
+from equiseg.methods.components.class_prior import PRIOR_FLOOR, LogitAdjustment, RunningClassDistribution
 from equiseg.methods.components.debias import PseudoLabelDebias
 from equiseg.methods.components.losses import ohem_cross_entropy
 
@@ -108,7 +109,7 @@ def test_class_adaptive_thresholds_on_a_hand_computed_bank():
 def test_debiased_pseudo_labels_on_a_hand_computed_prior():
     """DebiasPL: p̂ ← m p̂ + (1 − m) mean p over valid pixels; p̃ = softmax(log p − λ log p̂)."""
     debias = PseudoLabelDebias(2, strength=1.0, momentum=0.5)
-    assert torch.allclose(debias.prior, torch.tensor([0.5, 0.5]))
+    assert torch.allclose(debias.prior.distribution, torch.tensor([0.5, 0.5]))
     probs = torch.zeros(1, 2, 1, 3)
     probs[0, :, 0, 0] = torch.tensor([0.8, 0.2])
     probs[0, :, 0, 1] = torch.tensor([0.6, 0.4])
@@ -116,13 +117,13 @@ def test_debiased_pseudo_labels_on_a_hand_computed_prior():
     valid = torch.tensor([[[True, True, False]]])
     adjusted = debias(probs, valid)
     # mean over the two valid pixels [0.7, 0.3]; p̂ = 0.5 [0.5, 0.5] + 0.5 [0.7, 0.3] = [0.6, 0.4]
-    assert torch.allclose(debias.prior, torch.tensor([0.6, 0.4]))
+    assert torch.allclose(debias.prior.distribution, torch.tensor([0.6, 0.4]))
     # pixel 1: p / p̂ = [1.0, 1.0] → [0.5, 0.5]; pixel 0: [4/3, 1/2] → normalised [8/11, 3/11]
     assert torch.allclose(adjusted[0, :, 0, 1], torch.tensor([0.5, 0.5]))
     assert torch.allclose(adjusted[0, :, 0, 0], torch.tensor([8 / 11, 3 / 11]))
     # In a method: the rarely predicted class wins the pixel the teacher was unsure of.
     method, *_ = make_method("cutmix", debias_strength=1.0, debias_momentum=0.0)
-    assert method.debias is not None and "debias.prior" in method.state_dict()  # checkpointed, resumes
+    assert method.debias is not None and "debias.prior.distribution" in method.state_dict()  # checkpointed, resumes
     assert make_method("cutmix")[0].debias is None                             # off by default
     probs4 = torch.tensor([[0.7, 0.5], [0.1, 0.3], [0.1, 0.1], [0.1, 0.1]]).view(1, 4, 1, 2)
     pl = make_pseudo_labels(method.debias(probs4, torch.ones(1, 1, 2, dtype=torch.bool)), valid[..., :2], 0.0, IGNORE)
@@ -133,31 +134,54 @@ def test_debiased_pseudo_labels_on_a_hand_computed_prior():
 def test_distribution_alignment_on_hand_computed_marginals():
     """ReMixMatch's distribution alignment: π from the labeled ground truth, p̂ from the teacher,
     both set by their first batch, then EMAs; p̃ ∝ p · π / p̂."""
+    labeled_prior = RunningClassDistribution(2, momentum=0.5)
+    labeled_prior.update_labels(torch.tensor([[[0, 0, 1, IGNORE]]]), IGNORE)   # first batch: π = [2/3, 1/3]
+    assert torch.allclose(labeled_prior.distribution, torch.tensor([2 / 3, 1 / 3]))
+    labeled_prior.update_labels(torch.tensor([[[1, 1, 1, 1]]]), IGNORE)        # π = ½ π + ½ [0, 1]
+    assert torch.allclose(labeled_prior.distribution, torch.tensor([1 / 3, 2 / 3]))
     align = PseudoLabelDebias(2, strength=1.0, momentum=0.5, target="labeled")
-    align.observe_labeled(torch.tensor([[[0, 0, 1, IGNORE]]]), IGNORE)        # first batch: π = [2/3, 1/3]
-    assert torch.allclose(align.labeled_prior, torch.tensor([2 / 3, 1 / 3]))
-    align.observe_labeled(torch.tensor([[[1, 1, 1, 1]]]), IGNORE)             # π = ½ π + ½ [0, 1]
-    assert torch.allclose(align.labeled_prior, torch.tensor([1 / 3, 2 / 3]))
     probs = torch.zeros(1, 2, 1, 3)
     probs[0, :, 0, 0] = torch.tensor([0.8, 0.2])
     probs[0, :, 0, 1] = torch.tensor([1.0, 0.0])
     probs[0, :, 0, 2] = torch.tensor([0.0, 1.0])    # crop padding: not in p̂
-    adjusted = align(probs, torch.tensor([[[True, True, False]]]))
-    assert torch.allclose(align.prior, torch.tensor([0.9, 0.1]))              # first batch: the mean
+    adjusted = align(probs, torch.tensor([[[True, True, False]]]), labeled_prior)
+    assert torch.allclose(align.prior.distribution, torch.tensor([0.9, 0.1]))  # first batch: the mean
     # pixel 0: p · π / p̂ = [0.8 · (1/3) / 0.9, 0.2 · (2/3) / 0.1] = [0.296, 1.333] → class 1 wins
     expected = torch.tensor([0.8 / 3 / 0.9, 0.2 * 2 / 3 / 0.1])
     assert torch.allclose(adjusted[0, :, 0, 0], expected / expected.sum())
     # In a method: π comes from the labeled batch before anything is pasted into it.
     method, _, labeled, unlabeled = make_method("ael", debias_strength=1.0, debias_target="labeled",
                                                 acp_probability=1.0)
-    assert "debias.labeled_prior" in method.state_dict()                     # checkpointed, resumes
+    assert "labeled_prior.distribution" in method.state_dict()               # checkpointed, resumes
     l, u = batches(labeled, unlabeled, 0)
     known = l["label"][l["label"] != IGNORE]
     raw = torch.bincount(known, minlength=method.ctx.num_classes).float() / known.numel()
     out = method.training_step(l, u, 0)
-    assert out.logs["acp_pixel_ratio"] > 0 and torch.allclose(method.debias.labeled_prior, raw)
+    assert out.logs["acp_pixel_ratio"] > 0 and torch.allclose(method.labeled_prior.distribution, raw)
     with pytest.raises(ValueError, match="needs debias_strength"):
         make_method("cutmix", debias_target="labeled")
+
+
+def test_logit_adjusted_unlabeled_loss_on_hand_computed_marginals():
+    """δ = τ (log q̂ − log π): L_u is ℓ_ce on logits + δ, q̂ the pseudo-labels' class distribution."""
+    labeled_prior = RunningClassDistribution(3, momentum=0.5)
+    labeled_prior.update_labels(torch.tensor([[0, 0, 1, 2]]), IGNORE)          # π = [1/2, 1/4, 1/4]
+    adjust = LogitAdjustment(3, strength=1.0, momentum=0.5)
+    pseudo = torch.tensor([[0, 0, 0, 1, IGNORE]])                              # q̂ = [3/4, 1/4, 0]
+    delta = adjust.offsets(pseudo, IGNORE, labeled_prior)
+    expected = torch.tensor([3 / 4, 1 / 4, PRIOR_FLOOR]).log() - torch.tensor([1 / 2, 1 / 4, 1 / 4]).log()
+    assert torch.allclose(delta, expected)
+    assert delta[1] == 0 and delta[2] < -10   # class 2, never pseudo-labeled, is hardly pushed down
+    # In a method: the step's L_u is ℓ_ce on the offset logits, and off by default.
+    method, _, labeled, unlabeled = make_method("cutmix", seed=3, unlabeled_logit_adjustment=1.0)
+    assert make_method("cutmix")[0].logit_adjustment is None
+    logits = torch.randn(2, NUM_CLASSES, 4, 4)
+    target = {"label": torch.randint(0, NUM_CLASSES, (2, 4, 4))}
+    method.labeled_prior.update_labels(torch.arange(NUM_CLASSES).repeat(3), IGNORE)  # π uniform
+    loss = method.unlabeled_pixel_loss(logits, target)
+    q = torch.bincount(target["label"].flatten(), minlength=NUM_CLASSES).float() / target["label"].numel()
+    offsets = q.clamp_min(PRIOR_FLOOR).log() - torch.full((NUM_CLASSES,), 1 / NUM_CLASSES).log()
+    assert torch.allclose(loss, pixel_cross_entropy(logits + offsets.view(1, -1, 1, 1), target["label"], IGNORE))
 
 
 def test_class_balanced_thresholds_on_hand_computed_histograms():

@@ -14,7 +14,7 @@ import yaml
 
 from equiseg.cli.main import main as cli
 from equiseg.config import validate_config
-from equiseg.data.synthetic import make_synthetic_dataset
+from equiseg.data.synthetic import SYNTHETIC_SPEC, make_synthetic_dataset
 from equiseg.engine.trainer import Trainer
 
 
@@ -71,6 +71,11 @@ def test_supervised_run_learns_and_beats_chance(data_root, tmp_path):
     assert saved["last"]["iteration"] == 80 and "best" in saved
     assert (tmp_path / "sup" / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "sup" / "split" / "labeled.txt").is_file()
+    # The evaluation record in metrics.jsonl carries the per-class IoU under the class names.
+    evals = [json.loads(line)["eval"] for line in (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()
+             if "eval" in json.loads(line)]
+    assert evals[-1]["student"]["iou"] == {n: v for n, v in zip(SYNTHETIC_SPEC.class_names, result.last["iou"])
+                                           if v is not None}
 
 
 def test_trainer_takes_a_drivers_datasets_and_initial_weights(data_root, tmp_path):

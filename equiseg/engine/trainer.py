@@ -298,12 +298,18 @@ class Trainer:
                              "class_names": list(self.spec.class_names)},
                             RunLayout(self.run_dir).best_checkpoint)
         if self.writer is not None:
+            # Per-class IoU too: a class the unlabeled loss unlearns shows when it goes, not just at the end.
+            per_class = {n: {c: v for c, v in zip(self.spec.class_names, r.get("iou") or ()) if v is not None}
+                         for n, r in results.items()}
             for name, r in results.items():
                 self.writer.add_scalar(f"val/{name}_miou", r["miou"], self.iteration)
                 if r.get("tail_miou") is not None:
                     self.writer.add_scalar(f"val/{name}_tail_miou", r["tail_miou"], self.iteration)
-            self._write_metrics({"iteration": self.iteration, "eval": {n: {"miou": r["miou"], "tail_miou": r.get("tail_miou")}
-                                                                      for n, r in results.items()}})
+                for c, v in per_class[name].items():
+                    self.writer.add_scalar(f"val_iou/{name}/{c}", v, self.iteration)
+            self._write_metrics({"iteration": self.iteration,
+                                 "eval": {n: {"miou": r["miou"], "tail_miou": r.get("tail_miou"), "iou": per_class[n]}
+                                          for n, r in results.items()}})
         return summary
 
     def _write_metrics(self, record: dict) -> None:

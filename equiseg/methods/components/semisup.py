@@ -16,6 +16,7 @@ from ...config import MethodConfig
 from ..base import Method, MethodContext, unwrap
 from ..base import PseudoTargets, StepOutput
 from .class_quantiles import RunningClassThresholds
+from .class_prior import LogitAdjustment, RunningClassDistribution
 from .debias import DebiasTarget, PseudoLabelDebias
 from .losses import Ohem, normalized_weights, partial_label_cross_entropy, pixel_cross_entropy, supervised_loss
 from .mixing import CUTMIX_AREA, mixing_partners, paste, random_boxes, select
@@ -92,13 +93,22 @@ class PseudoLabelConfig(TeacherStudentConfig):
     it labels, so classes the teacher rarely predicts are not unlearned (components/debias.py).
     0: off, as in the papers."""
     debias_momentum: float = Field(0.999, ge=0, lt=1)
-    """Momentum of p̂'s EMA (DebiasPL: 0.999), and of π's with ``debias_target: labeled``."""
+    """Momentum of p̂'s EMA (DebiasPL: 0.999)."""
     debias_target: DebiasTarget = "uniform"
     """The class distribution the pseudo-labels are pulled toward: 'uniform' (DebiasPL,
     softmax(log p − λ log p̂)) or 'labeled': distribution alignment [ReMixMatch, Berthelot et al.,
     ICLR 2020], softmax(log p + λ (log π − log p̂)), π the EMA of the labeled batches' class
     distribution; a class the teacher predicts less often than the labeled data holds it is boosted
     until it is predicted as often (components/debias.py). Needs ``debias_strength`` > 0."""
+    unlabeled_logit_adjustment: float = Field(0.0, ge=0)
+    """τ of a logit-adjusted L_u [Menon et al., ICLR 2021]: the student's logits in L_u are offset
+    by τ (log q̂ − log π), q̂ the running class distribution of the pseudo-labels, π the labeled
+    batches'. A class the pseudo-labels under-represent (a rare one the teacher never names) is
+    then hardly pushed down by L_u, so its share does not shrink round after round through the
+    teacher (components/class_prior.py). 0: off (the papers)."""
+    class_prior_momentum: float = Field(0.99, ge=0, lt=1)
+    """Momentum of the running class distributions π (labeled ground truth, before any paste) and
+    q̂ (pseudo-labels), per batch; used by ``debias_target: labeled`` and ``unlabeled_logit_adjustment``."""
     class_balanced_fraction: Optional[float] = Field(None, gt=0, le=1)
     """α of online class-balanced thresholds (CBST / DST-CBC's top-α per class, over a running
     window; components/class_quantiles.py): a pixel predicted as c also passes when its confidence
@@ -145,6 +155,12 @@ class TeacherStudentMethod(Method):
         debiased = isinstance(cfg, PseudoLabelConfig) and cfg.debias_strength > 0
         self.debias = (PseudoLabelDebias(ctx.num_classes, cfg.debias_strength, cfg.debias_momentum, cfg.debias_target)
                        if debiased else None)
+        adjusted = isinstance(cfg, PseudoLabelConfig) and cfg.unlabeled_logit_adjustment > 0
+        self.logit_adjustment = (LogitAdjustment(ctx.num_classes, cfg.unlabeled_logit_adjustment,
+                                                 cfg.class_prior_momentum) if adjusted else None)
+        # π: what the labeled ground truth holds, for the options that compare against it.
+        self.labeled_prior = (RunningClassDistribution(ctx.num_classes, cfg.class_prior_momentum)
+                              if adjusted or (debiased and cfg.debias_target == "labeled") else None)
         balanced = isinstance(cfg, PseudoLabelConfig) and cfg.class_balanced_fraction is not None
         self.class_balance = (RunningClassThresholds(ctx.num_classes, cfg.class_balanced_fraction,
                                                      cfg.class_balanced_momentum,
@@ -160,7 +176,7 @@ class TeacherStudentMethod(Method):
         τ or per-class τ_c, lowered to the class-balanced t_c when that is on."""
         probs = self.teacher.probabilities(images, self.ctx.autocast)
         if self.debias is not None:
-            probs = self.debias(probs, valid)
+            probs = self.debias(probs, valid, self.labeled_prior)
         if self.class_balance is None:
             return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index)
         top = probs.max(dim=1)
@@ -168,10 +184,10 @@ class TeacherStudentMethod(Method):
         return make_pseudo_labels(probs, valid, threshold, self.ctx.ignore_index, top=top)
 
     def observe_labeled(self, labeled: dict) -> None:
-        """What the pseudo-labelling learns from a labeled batch before any augmentation that adds
-        pixels to it (distribution alignment's π); called first thing in each step."""
-        if self.debias is not None:
-            self.debias.observe_labeled(labeled["label"], self.ctx.ignore_index)
+        """π, the labeled ground truth's class distribution, from a batch before any augmentation
+        adds pixels to it; called first thing in each step."""
+        if self.labeled_prior is not None:
+            self.labeled_prior.update_labels(labeled["label"], self.ctx.ignore_index)
 
     def student_forward(self, *images: torch.Tensor) -> list[dict]:
         """The student's output dict for each image batch: one forward per batch ('separate') or
@@ -211,7 +227,11 @@ class TeacherStudentMethod(Method):
 
     def unlabeled_pixel_loss(self, logits: torch.Tensor, target: dict) -> torch.Tensor:
         """L_u's per-pixel term against a mixed sample: ℓ_ce on the pseudo-label, or the
-        partial-label loss over the teacher's candidate classes (``partial_label_threshold``)."""
+        partial-label loss over the teacher's candidate classes (``partial_label_threshold``), on
+        logits offset by the logit adjustment when that is on."""
+        if self.logit_adjustment is not None:
+            offsets = self.logit_adjustment.offsets(target["label"], self.ctx.ignore_index, self.labeled_prior)
+            logits = logits.float() + offsets.view(1, -1, 1, 1)
         if "candidates" in target:
             return partial_label_cross_entropy(logits, target["label"], target["candidates"], self.ctx.ignore_index)
         return pixel_cross_entropy(logits, target["label"], self.ctx.ignore_index)
