@@ -172,6 +172,10 @@ def test_logit_adjusted_unlabeled_loss_on_hand_computed_marginals():
     expected = torch.tensor([3 / 4, 1 / 4, PRIOR_FLOOR]).log() - torch.tensor([1 / 2, 1 / 4, 1 / 4]).log()
     assert torch.allclose(delta, expected)
     assert delta[1] == 0 and delta[2] < -10   # class 2, never pseudo-labeled, is hardly pushed down
+    # Pixels count by their weight in L_u (AEL: equalization sampling x re-weighting).
+    weighted = LogitAdjustment(3, strength=1.0, momentum=0.5)
+    weighted.offsets(pseudo, IGNORE, labeled_prior, torch.tensor([[1.0, 1.0, 0.0, 2.0, 5.0]]))
+    assert torch.allclose(weighted.pseudo.distribution, torch.tensor([0.5, 0.5, 0.0]))   # 2 : 2 : 0
     # In a method: the step's L_u is ℓ_ce on the offset logits, and off by default.
     method, _, labeled, unlabeled = make_method("cutmix", seed=3, unlabeled_logit_adjustment=1.0)
     assert make_method("cutmix")[0].logit_adjustment is None

@@ -344,7 +344,6 @@ class AEL(TeacherStudentMethod):
         (Eq. 11-13); with both components off, Eq. 2. With ``loss_denominator: valid`` the pixels
         below the threshold keep their w_ij in the denominator (the official code)."""
         cfg, ignore = self.cfg, self.ctx.ignore_index
-        ce = self.unlabeled_pixel_loss(logits, target)
         pseudo_labeled = target["label"] != ignore
         # 𝟙_ij: adaptive equalization sampling with rates s^c (Eq. 10-11); all ones when off.
         sampled = target["valid"].clone()
@@ -356,8 +355,9 @@ class AEL(TeacherStudentMethod):
             sampled = equalization_sampling_mask(classes, rates, field, ignore)         # Eq. 11
         # w_ij: confidence^γ (Eq. 13); uniform when dynamic re-weighting is off.
         modulation = (reweighting_weights(target["confidence"], cfg.gamma) if cfg.dynamic_reweighting
-                      else torch.ones_like(ce))
+                      else torch.ones_like(target["confidence"], dtype=torch.float))
         weight = modulation * (sampled & pseudo_labeled)
+        ce = self.unlabeled_pixel_loss(logits, target, weight)
         denominator = modulation * sampled if cfg.loss_denominator == "valid" else None
         logs["aes_ratio"] = masked_mean(sampled.float(), pseudo_labeled)
         logs["weight_mean"] = masked_mean(weight, pseudo_labeled)

@@ -8,6 +8,8 @@ a uniform start would tilt the first steps toward the frequent classes.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -17,11 +19,14 @@ PRIOR_FLOOR = 1e-6
 """Smallest class frequency in a log: a class absent so far gets a large but finite log."""
 
 
-def class_histogram(label: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """(C,) float pixel counts of ``label`` without ``ignore_index`` (scatter, not bincount: no host sync)."""
+def class_histogram(label: torch.Tensor, num_classes: int, ignore_index: int,
+                    weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(C,) float pixel counts (or sums of ``weight``) of ``label`` without ``ignore_index``
+    (scatter, not bincount: no host sync)."""
     index = label.masked_fill(label == ignore_index, num_classes).flatten().long()  # ignored: an extra bin
-    ones = torch.ones_like(index, dtype=torch.float)
-    return torch.zeros(num_classes + 1, device=label.device).scatter_add_(0, index, ones)[:num_classes]
+    values = (torch.ones_like(index, dtype=torch.float) if weight is None
+              else weight.detach().float().flatten().to(label.device))
+    return torch.zeros(num_classes + 1, device=label.device).scatter_add_(0, index, values)[:num_classes]
 
 
 class RunningClassDistribution(nn.Module):
@@ -42,8 +47,8 @@ class RunningClassDistribution(nn.Module):
         self.distribution.copy_(torch.where(count > 0, updated, self.distribution))
         self.seen.copy_(torch.where(count.view(()) > 0, 1.0, self.seen))
 
-    def update_labels(self, label: torch.Tensor, ignore_index: int) -> None:
-        self.update(class_histogram(label, self.distribution.numel(), ignore_index))
+    def update_labels(self, label: torch.Tensor, ignore_index: int, weight: Optional[torch.Tensor] = None) -> None:
+        self.update(class_histogram(label, self.distribution.numel(), ignore_index, weight))
 
     def log(self) -> torch.Tensor:
         return self.distribution.clamp_min(PRIOR_FLOOR).log()
@@ -62,8 +67,9 @@ class LogitAdjustment(nn.Module):
         self.strength = strength
         self.pseudo = RunningClassDistribution(num_classes, momentum)
 
-    def offsets(self, pseudo_label: torch.Tensor, ignore_index: int,
-                labeled_prior: RunningClassDistribution) -> torch.Tensor:
-        """Update q̂ with this step's pseudo-labels; δ (C,) for the logits of L_u."""
-        self.pseudo.update_labels(pseudo_label, ignore_index)
+    def offsets(self, pseudo_label: torch.Tensor, ignore_index: int, labeled_prior: RunningClassDistribution,
+                weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Update q̂ with this step's pseudo-labels (each pixel counted by its ``weight`` in L_u,
+        e.g. AEL's equalization sampling and re-weighting); δ (C,) for the logits of L_u."""
+        self.pseudo.update_labels(pseudo_label, ignore_index, weight)
         return self.strength * (self.pseudo.log() - labeled_prior.log())

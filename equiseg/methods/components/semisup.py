@@ -225,12 +225,15 @@ class TeacherStudentMethod(Method):
             sample["candidates"] = pseudo.probs >= epsilon
         return sample
 
-    def unlabeled_pixel_loss(self, logits: torch.Tensor, target: dict) -> torch.Tensor:
+    def unlabeled_pixel_loss(self, logits: torch.Tensor, target: dict,
+                             weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """L_u's per-pixel term against a mixed sample: ℓ_ce on the pseudo-label, or the
         partial-label loss over the teacher's candidate classes (``partial_label_threshold``), on
-        logits offset by the logit adjustment when that is on."""
+        logits offset by the logit adjustment when that is on; ``weight``: each pixel's weight in
+        L_u (default: 1 on the pseudo-labeled ones), so q̂ is the class distribution L_u trains."""
         if self.logit_adjustment is not None:
-            offsets = self.logit_adjustment.offsets(target["label"], self.ctx.ignore_index, self.labeled_prior)
+            offsets = self.logit_adjustment.offsets(target["label"], self.ctx.ignore_index, self.labeled_prior,
+                                                    weight)
             logits = logits.float() + offsets.view(1, -1, 1, 1)
         if "candidates" in target:
             return partial_label_cross_entropy(logits, target["label"], target["candidates"], self.ctx.ignore_index)
