@@ -275,8 +275,8 @@ def demo_short_schedule(method: str, iterations: int) -> dict:
                      "report_model": "student"}
     if method in ("cutmix", "ael"):
         options.update(confidence_threshold=0.95, loss_denominator="valid")
-    if method == "cutmix":  # a rare class the teacher predicts with moderate confidence still gets pseudo-labels
-        options.update(class_balanced_fraction=0.5)
+    if method == "cutmix":  # as the CamVid preset: a class the pseudo-labels never name is not unlearned
+        options.update(unlabeled_logit_adjustment=1.0)
     if method == "ael":
         options.update(adaptive_threshold=True, bank_momentum=0.99)
     if method == "hagseg":
