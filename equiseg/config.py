@@ -146,6 +146,9 @@ class MethodConfig(Section):
 
     name: str
 
+    def check_against(self, cfg: "Config") -> None:
+        """Checks of the method's options against the rest of the config (raise ValueError)."""
+
 
 class Config(Section):
     run: RunConfig = RunConfig()
@@ -165,6 +168,11 @@ class Config(Section):
         if not isinstance(value, dict):
             raise ValueError("method must be a mapping with at least a 'name' key")
         return _method_config(value)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "Config":
+        self.method.check_against(self)
+        return self
 
 
 def _method_config(value: dict) -> MethodConfig:
@@ -205,6 +213,8 @@ def _format_validation_error(err: ValidationError, model_cls: type[BaseModel], p
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
             lines.append(f"unknown config key '{dotted}'{hint}")
+        elif not dotted:  # a check across sections names its keys itself; the input is the whole config
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"invalid value for '{dotted}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

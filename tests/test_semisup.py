@@ -156,9 +156,9 @@ def test_teacher_is_saved_with_the_method_and_reported_first():
     state = method.state_dict()
     assert any(k.startswith("teacher.model.") for k in state)
     assert not any(k.startswith("student") for k in state)
-    assert list(method.eval_models()) == ["teacher", "student"]
+    assert list(method.eval_models(2)) == ["teacher", "student"]
     other, *_ = make_method("cutmix", seed=1, report_model="student")
-    assert list(other.eval_models()) == ["student", "teacher"]
+    assert list(other.eval_models(2)) == ["student", "teacher"]
     other.load_state_dict(state)
     for a, b in zip(other.teacher.parameters(), method.teacher.parameters()):
         assert torch.equal(a, b)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from equiseg.config import validate_config
+from equiseg.errors import ConfigError
 from equiseg.data.synthetic import SYNTHETIC_SPEC
 from equiseg.engine.trainer import Trainer
 from equiseg.evaluation.pseudo_label_audit import PseudoLabelAudit
@@ -57,6 +58,26 @@ def test_supervised_warmup_then_teacher_is_student_at_the_switch(name):
         if it == 4:  # the EMA restarted: step 4 is EMA step t = 1 (decay 0.5), not t = 4
             assert not _same_state(method.teacher.model, student)
     assert method.ema_step(4) == 1 and method.ema_step(2) is None
+    # Before the switch there is no teacher to evaluate (its head would be random); after it, both.
+    assert list(method.eval_models(2)) == ["student"]
+    assert list(method.eval_models(3)) == ["teacher", "student"]
+
+
+def test_warmup_evaluations_log_the_student_and_best_is_the_teacher(data_root, tmp_path):  # noqa: F811
+    raw = tiny_config(data_root, tmp_path, method="cutmix", iterations=4, method__supervised_warmup=2,
+                      train__eval_every=1)
+    Trainer(validate_config(raw), tmp_path / "run").fit()
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
+    # Evaluated after 1-4 optimizer steps; the teacher is made from the student after the 2nd.
+    assert [(r["iteration"], sorted(r["eval"])) for r in evals] == [
+        (1, ["student"]), (2, ["student", "teacher"]), (3, ["student", "teacher"]), (4, ["student", "teacher"])]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["best"]["model"] == "teacher" and results["best_iteration"] >= 2
+
+
+def test_warmup_as_long_as_the_run_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"method.supervised_warmup \(10\) must be below optim.iterations \(10\)"):
+        validate_config({"optim": {"iterations": 10}, "method": {"name": "cutmix", "supervised_warmup": 10}})
 
 
 def test_no_warmup_keeps_the_papers_ema_schedule():

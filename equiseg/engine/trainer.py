@@ -273,11 +273,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _main_eval_model(self) -> nn.Module:
-        return next(iter(self.method.eval_models().values()))
+        return next(iter(self.method.eval_models(self.iteration).values()))
 
     def run_evaluation(self) -> dict:
         results = {}
-        for name, model in self.method.eval_models().items():
+        for name, model in self.method.eval_models(self.iteration).items():
             broadcast_buffers(model)  # every rank evaluates the model rank 0 will save
             res = evaluate(model, self.data.val, self.spec, self.cfg.eval, self.dist.device,
                            autocast=self.autocast, max_images=self.cfg.eval.max_images,
@@ -290,7 +290,8 @@ class Trainer:
         self.last_eval, self.last_eval_iteration = summary, self.iteration
         if summary["miou"] is None:
             raise ValueError("validation scored no pixels: is the val list empty or all ignore?")
-        if not self.best or summary["miou"] > self.best["miou"]:
+        # Only the reported model competes for best.pt (not, e.g., the student of a supervised warm-up).
+        if main == self.method.reported_model and (not self.best or summary["miou"] > self.best["miou"]):
             self.best, self.best_iteration = summary, self.iteration
             if self.dist.is_main:
                 save_atomic({"model": self._main_eval_model().state_dict(), "iteration": self.iteration,

@@ -233,8 +233,14 @@ class Method(nn.Module):
         """Called after each optimizer step (EMA updates live here)."""
 
     # ---- evaluation
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Models to evaluate, by name; the first one is the run's reported model."""
+    @property
+    def reported_model(self) -> str:
+        """Name of the model the run reports and saves as its best (a key of ``eval_models``)."""
+        return "student"
+
+    def eval_models(self, iteration: int) -> dict[str, nn.Module]:
+        """Models to evaluate after ``iteration`` optimizer steps, by name, the reported one first
+        once it exists."""
         return {"student": unwrap(self.student)}
 
 

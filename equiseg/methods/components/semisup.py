@@ -62,6 +62,11 @@ class TeacherStudentConfig(MethodConfig):
     teacher that starts as an ImageNet backbone with a random head labels no rare class, and the
     student learns those wrong labels from the first step (docs/semisup_cpu.md)."""
 
+    def check_against(self, cfg) -> None:
+        if self.supervised_warmup >= cfg.optim.iterations:
+            raise ValueError(f"method.supervised_warmup ({self.supervised_warmup}) must be below optim.iterations "
+                             f"({cfg.optim.iterations}): the run would end before the unlabeled loss starts")
+
     @model_validator(mode="after")
     def _teacher_consistent(self):
         if self.ohem_min_kept_fraction is not None and not self.ohem:
@@ -280,8 +285,15 @@ class TeacherStudentMethod(Method):
         if t is not None:
             self.teacher.update(self.student, t)
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        models = {"teacher": self.teacher.model, "student": unwrap(self.student)}
+    @property
+    def reported_model(self) -> str:
+        return self.cfg.report_model
+
+    def eval_models(self, iteration: int) -> dict[str, nn.Module]:
+        student = unwrap(self.student)
+        if self.in_warmup(iteration):  # no teacher yet: it is made from the student at the switch
+            return {"student": student}
+        models = {"teacher": self.teacher.model, "student": student}
         first = self.cfg.report_model
         return {first: models[first], **{k: v for k, v in models.items() if k != first}}
 
