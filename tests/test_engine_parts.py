@@ -67,6 +67,14 @@ def test_poly_schedule_values():
     assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
 
 
+def test_poly_schedule_restarts_decay_each_phase_to_zero():
+    cfg = OptimConfig(iterations=100, poly_power=1.0)
+    # Phase [0, 40): 1 - t/40; phase [40, 100): 1 - (t - 40)/60.
+    assert [poly_factor(t, cfg, (40,)) for t in (0, 20, 39, 40, 70, 100)] == pytest.approx(
+        [1.0, 0.5, 1 / 40, 1.0, 0.5, 0.0])
+    assert poly_factor(30, cfg, (0, 100)) == poly_factor(30, cfg)  # bounds outside the run change nothing
+
+
 def test_atomic_save_leaves_no_partial_file(tmp_path):
     target = tmp_path / "ck" / "last.pt"
     save_atomic({"a": torch.ones(2)}, target)

@@ -75,6 +75,20 @@ def test_warmup_evaluations_log_the_student_and_best_is_the_teacher(data_root, t
     assert results["best"]["model"] == "teacher" and results["best_iteration"] >= 2
 
 
+def test_restarted_warmup_schedule_is_a_whole_supervised_training(data_root, tmp_path):  # noqa: F811
+    raw = tiny_config(data_root, tmp_path, method="cutmix", iterations=6, method__supervised_warmup=3,
+                      method__warmup_schedule="restart", train__log_every=1, optim__poly_power=1.0,
+                      optim__warmup_iterations=0)
+    Trainer(validate_config(raw), tmp_path / "run").fit()
+    lr = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    # Logged after each step: the rate of the next one. Each phase of 3 steps decays by thirds to 0,
+    # so the first semi-supervised step (index 3) starts again at the full rate.
+    base = lr[2]
+    assert base > 0 and lr == pytest.approx([base * 2 / 3, base / 3, base, base * 2 / 3, base / 3, 0.0])
+    with pytest.raises(ConfigError, match="needs a supervised_warmup"):
+        validate_config({"method": {"name": "cutmix", "warmup_schedule": "restart"}})
+
+
 def test_warmup_as_long_as_the_run_is_a_config_error():
     with pytest.raises(ConfigError, match=r"method.supervised_warmup \(10\) must be below optim.iterations \(10\)"):
         validate_config({"optim": {"iterations": 10}, "method": {"name": "cutmix", "supervised_warmup": 10}})

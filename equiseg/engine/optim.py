@@ -23,12 +23,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
-def poly_factor(iteration: int, cfg: OptimConfig) -> float:
-    """LR multiplier at ``iteration``: linear warm-up, then (1 - t/T)^power."""
+def poly_factor(iteration: int, cfg: OptimConfig, restarts: tuple[int, ...] = ()) -> float:
+    """LR multiplier at ``iteration``: linear warm-up, then (1 - t/T)^power. ``restarts``: iterations
+    where the schedule starts over (a phase of a method, e.g. the end of a supervised warm-up); each
+    phase decays to 0 at the next one, the last at ``cfg.iterations``."""
     if cfg.warmup_iterations and iteration < cfg.warmup_iterations:
         return (iteration + 1) / cfg.warmup_iterations
-    return (1.0 - min(iteration, cfg.iterations) / cfg.iterations) ** cfg.poly_power
+    bounds = [0, *sorted(r for r in restarts if 0 < r < cfg.iterations), cfg.iterations]
+    start, end = next((a, b) for a, b in zip(bounds, bounds[1:]) if iteration < b or b == cfg.iterations)
+    return (1.0 - min(iteration - start, end - start) / (end - start)) ** cfg.poly_power
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_factor(it, cfg))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    restarts: tuple[int, ...] = ()) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_factor(it, cfg, restarts))

@@ -179,7 +179,7 @@ class Trainer:
         )
         self.method = self.method_cls(cfg.method, self.student, self.ctx).to(device)
         self.optimizer = build_optimizer(model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.method.lr_restarts())
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
         self.iteration = 0

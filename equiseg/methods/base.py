@@ -232,6 +232,10 @@ class Method(nn.Module):
     def after_optimizer_step(self, iteration: int) -> None:
         """Called after each optimizer step (EMA updates live here)."""
 
+    def lr_restarts(self) -> tuple[int, ...]:
+        """Iterations at which the learning-rate schedule starts over (a new phase of the method)."""
+        return ()
+
     # ---- evaluation
     @property
     def reported_model(self) -> str:

@@ -61,6 +61,12 @@ class TeacherStudentConfig(MethodConfig):
     buffers) and its EMA restarts. 0: L_u from iteration 0, as in the papers. On short schedules a
     teacher that starts as an ImageNet backbone with a random head labels no rare class, and the
     student learns those wrong labels from the first step (docs/semisup_cpu.md)."""
+    warmup_schedule: Literal["continue", "restart"] = "continue"
+    """'continue': one learning-rate schedule over the whole run. 'restart': the warm-up is a whole
+    supervised training (the poly schedule decays to 0 at the switch) and the schedule starts over
+    for the semi-supervised phase, so the first teacher is a converged supervised model (the
+    starting point of ST++ and of DST-CBC's rounds, online here): a rare class that supervised
+    training learns only late in its schedule is known to the teacher when L_u starts."""
 
     def check_against(self, cfg) -> None:
         if self.supervised_warmup >= cfg.optim.iterations:
@@ -69,6 +75,8 @@ class TeacherStudentConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _teacher_consistent(self):
+        if self.warmup_schedule == "restart" and not self.supervised_warmup:
+            raise ValueError("warmup_schedule 'restart' needs a supervised_warmup > 0")
         if self.ohem_min_kept_fraction is not None and not self.ohem:
             raise ValueError("ohem_min_kept_fraction is set but ohem is false")
         if self.ema_buffers == "teacher" and self.teacher_bn == "eval":
@@ -276,6 +284,9 @@ class TeacherStudentMethod(Method):
         The EMA counts from the end of the supervised warm-up."""
         t = iteration - self.cfg.supervised_warmup
         return t if t >= 0 else None
+
+    def lr_restarts(self) -> tuple[int, ...]:
+        return (self.cfg.supervised_warmup,) if self.cfg.warmup_schedule == "restart" else ()
 
     def after_optimizer_step(self, iteration: int) -> None:
         if iteration == self.cfg.supervised_warmup - 1:
