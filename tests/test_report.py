@@ -82,6 +82,11 @@ def test_report_of_an_ael_run_shows_its_files(ael_run, tmp_path):
         assert (f"{name} *" in per_class) == (c in tails)
     assert f"<td>mIoU</td><td></td><td class=num>{pct(last['miou'])}</td>" in per_class
     assert f"<td class=num>{pct(last['tail_miou'])}</td>" in per_class
+    # ... and the reported model's per-class val IoU at every evaluation, the last one at the right.
+    assert f"Val IoU per class over training ({last['model']})" in per_class
+    for c, name in enumerate(names):
+        if last["iou"][c] is not None:
+            assert f"<title>{name}, iteration {AEL_ITERATIONS}: " in per_class, name
 
     # The bank heat map: every class, its last logged value at the right.
     records = [json.loads(line) for line in (ael_run / "metrics.jsonl").read_text().splitlines()]

@@ -177,7 +177,21 @@ def per_class_section(run: RunFolder) -> str:
     table = _table(["class", "tail", "last IoU %", "best IoU %"], rows, numeric_from=2, row_classes=classes)
     note = ('<p class="note">Tail classes (the dataset\'s rare classes, reported as tail mIoU) are marked * and '
             "tinted. A class absent from both ground truth and predictions has no IoU (n/a).</p>")
-    return _section("per-class", "Per-class IoU", chart + note + table)
+    return _section("per-class", "Per-class IoU", chart + note + table + _per_class_over_training(run))
+
+
+def _per_class_over_training(run: RunFolder) -> str:
+    """The reported model's val IoU per class at every evaluation: when a class is learned, and
+    when the unlabeled loss unlearns it."""
+    model = (run.last or {}).get("model")
+    records = [(rec["iteration"], rec["eval"][model]["iou"]) for rec in run.evals
+               if isinstance((rec["eval"].get(model) or {}).get("iou"), dict)]
+    if len(records) < 2:
+        return ""
+    names, tails = run.class_names(), set(run.tail_ids())
+    rows = [[iou.get(n) for _, iou in records] for n in names]
+    return (f"<h3>Val IoU per class over training ({escape(str(model))})</h3>"
+            + svg.heat_map(names, [it for it, _ in records], rows, "val IoU per class", highlight=sorted(tails)))
 
 
 def per_class_log_sections(run: RunFolder) -> dict[str, str]:
