@@ -485,3 +485,16 @@ def test_colour_cast_changes_the_look_not_the_scene():
     means = cast.reshape(4, -1, 3).mean(1) / plain.reshape(4, -1, 3).mean(1).clip(1)
     assert ((means > 0.5) & (means < 1.5)).all()
     assert (make_synthetic_arrays(4, size=(24, 32), seed=3, cast=0.45)[0] == cast).all()  # deterministic
+
+
+def test_small_thing_scale_enlarges_the_smallest_classes_in_the_same_scenes():
+    """The same draws, so the same layout and classes per scene; poles, signs and bicycles grow."""
+    from equiseg.data.synthetic import BICYCLE, POLE, SIGN, render_scene
+    for i in range(20):
+        _, plain = render_scene(np.random.default_rng((0, 0, i)), (96, 128))
+        _, large = render_scene(np.random.default_rng((0, 0, i)), (96, 128), small_thing_scale=2.0)
+        assert set(np.unique(plain)) == set(np.unique(large)), i
+        for cls in (POLE, SIGN, BICYCLE):
+            assert (large == cls).sum() >= (plain == cls).sum(), (i, cls)
+    _, again = render_scene(np.random.default_rng((0, 0, 3)), (96, 128), small_thing_scale=1.0)
+    assert (again == render_scene(np.random.default_rng((0, 0, 3)), (96, 128))[1]).all()

@@ -225,6 +225,8 @@ def test_demo_quick(tmp_path, capsys):
     assert "bicycle" in table and "tail mIoU" in table and "head mIoU" in table
     assert (tmp_path / "demo" / "data_quick" / "train.txt").is_file()
     assert not (tmp_path / "demo" / "data_full").exists()        # quick and full never share data
+    meta = json.loads((tmp_path / "demo" / "data_quick" / "synthetic.json").read_text())
+    assert meta["small_thing_scale"] == 2.0 and meta["colour_cast"] == 0.45  # the demo's scenes
 
 
 def test_demo_rejects_a_bad_method_before_generating_data(tmp_path, capsys):

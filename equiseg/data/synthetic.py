@@ -71,9 +71,15 @@ def _count(rng: np.random.Generator, spec: tuple[float, int, int]) -> int:
     return int(rng.integers(lo, hi + 1)) if rng.random() < p else 0
 
 
-def render_scene(rng: np.random.Generator,
-                 size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: ``(image (H, W, 3) uint8, mask (H, W) uint8 class ids)``."""
+def _scaled(frac_range: tuple[float, float], factor: float) -> tuple[float, float]:
+    return frac_range[0] * factor, frac_range[1] * factor
+
+
+def render_scene(rng: np.random.Generator, size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE,
+                 small_thing_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: ``(image (H, W, 3) uint8, mask (H, W) uint8 class ids)``. ``small_thing_scale``
+    multiplies the size of the three smallest classes (a pole's width, a sign, a bicycle): they stay
+    rare but become learnable at low resolution; the random draws, so the layouts, are the same."""
     h, w = size
     if h < 16 or w < 16:
         raise ValueError(f"synthetic scenes need at least 16x16 pixels, got {size}")
@@ -110,7 +116,8 @@ def render_scene(rng: np.random.Generator,
         bottom = int(rng.integers(ground + hh // 2, h + 1))
         box(CAR, min(h, bottom), hh, ww)
     for _ in range(_count(rng, _BICYCLES)):
-        hh, ww = _span(rng, _BICYCLE_SIZE[0], h, 3), _span(rng, _BICYCLE_SIZE[1], w, 3)
+        hh, ww = (_span(rng, _scaled(_BICYCLE_SIZE[0], small_thing_scale), h, 3),
+                  _span(rng, _scaled(_BICYCLE_SIZE[1], small_thing_scale), w, 3))
         top, left = box(BICYCLE, min(h, int(rng.integers(ground, h + 1))), hh, ww)
         # A see-through frame: the middle of the box shows what is behind it.
         instances[-1][1][top + hh // 3: top + 2 * hh // 3, left + ww // 3: left + 2 * ww // 3] = False
@@ -118,10 +125,11 @@ def render_scene(rng: np.random.Generator,
         hh, ww = _span(rng, _PERSON_SIZE[0], h, 4), _span(rng, _PERSON_SIZE[1], w, 2)
         box(PERSON, min(h, int(rng.integers(ground - 2, ground + hh))), hh, ww)
     for _ in range(_count(rng, _POLES)):
-        hh, ww = _span(rng, _POLE_SIZE[0], h, 6), _span(rng, _POLE_SIZE[1], w, 1)
+        hh, ww = _span(rng, _POLE_SIZE[0], h, 6), _span(rng, _scaled(_POLE_SIZE[1], small_thing_scale), w, 1)
         top, left = box(POLE, min(h, ground + int(rng.integers(0, 3))), hh, ww)
         if rng.random() < _SIGN_ON_POLE_P:
-            sh, sw = _span(rng, _SIGN_SIZE[0], h, 2), _span(rng, _SIGN_SIZE[1], w, 2)
+            sh, sw = (_span(rng, _scaled(_SIGN_SIZE[0], small_thing_scale), h, 2),
+                      _span(rng, _scaled(_SIGN_SIZE[1], small_thing_scale), w, 2))
             box(SIGN, top + sh // 2, sh, sw, left=max(0, min(w - sw, left + ww // 2 - sw // 2)))
     for cls, region in instances:
         mask[region] = cls
@@ -153,8 +161,9 @@ def colour_cast(image: np.ndarray, strength: float, seed: tuple[int, ...]) -> np
     return np.clip(image.astype(np.float32) * gains, 0, 255).astype(np.uint8)
 
 
-def _scene(seed: int, stream: int, i: int, size: tuple[int, int], cast: float) -> tuple[np.ndarray, np.ndarray]:
-    image, mask = render_scene(np.random.default_rng((seed, stream, i)), size)
+def _scene(seed: int, stream: int, i: int, size: tuple[int, int], cast: float,
+           small_thing_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    image, mask = render_scene(np.random.default_rng((seed, stream, i)), size, small_thing_scale)
     return colour_cast(image, cast, (seed, stream, i)), mask
 
 
@@ -177,10 +186,12 @@ def class_frequencies(masks: np.ndarray, num_classes: int = len(SYNTHETIC_CLASSE
 
 
 def make_synthetic_dataset(out_dir: Union[str, Path], n_train: int, n_val: int,
-                           size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE, seed: int = 0, cast: float = 0.0) -> Path:
+                           size: tuple[int, int] = SYNTHETIC_DEFAULT_SIZE, seed: int = 0, cast: float = 0.0,
+                           small_thing_scale: float = 1.0) -> Path:
     """Write a synthetic dataset folder readable by the ``synthetic`` (or ``folder``) definition.
     ``cast``: strength of a per-image colour cast (:func:`colour_cast`; 0 = none), which makes a few
-    labeled scenes cover only a few of the looks that the unlabeled ones show.
+    labeled scenes cover only a few of the looks that the unlabeled ones show. ``small_thing_scale``:
+    see :func:`render_scene`.
 
     Layout: ``images/{train,val}_NNNNN.png``, ``masks/...png`` (class ids, mode L),
     ``train.txt`` / ``val.txt`` (``image label`` lines), ``classes.txt`` and ``synthetic.json``
@@ -192,11 +203,12 @@ def make_synthetic_dataset(out_dir: Union[str, Path], n_train: int, n_val: int,
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     meta = {"generator": "equiseg.data.synthetic", "seed": seed, "size": list(size), "colour_cast": cast,
+            "small_thing_scale": small_thing_scale,
             "classes": list(SYNTHETIC_CLASSES), "tail_classes": list(SYNTHETIC_TAIL), "splits": {}}
     for stream, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         lines, freq = [], np.zeros(len(SYNTHETIC_CLASSES))
         for i in range(n):
-            image, mask = _scene(seed, stream, i, size, cast)
+            image, mask = _scene(seed, stream, i, size, cast, small_thing_scale)
             stem = f"{split}_{i:05d}"
             Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}.png")
             Image.fromarray(mask, mode="L").save(out / "masks" / f"{stem}.png")
