@@ -257,7 +257,7 @@ DEMO_COLOUR_CAST = 0.45
 """Per-image colour cast of the demo's scenes (channel gains in 1 ± 0.45): 8 labeled scenes show
 8 looks, the unlabeled ones all the others — the situation semi-supervised learning is for."""
 DEMO_SMALL_THING_SCALE = 2.0
-"""Poles, signs and bicycles at twice the generator's default size (still under 1 % of the pixels
+"""Poles, signs and bicycles at twice the generator's default size (about 1 % of the pixels or less
 each): at the default size both models learned none of them in the demo's budget (IoU 0-5), so the
 table could not show the tail; at twice the size supervised learns them a little and the
 unlabeled scenes add to each (README, "Set up")."""

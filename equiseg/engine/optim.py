@@ -29,8 +29,9 @@ def poly_factor(iteration: int, cfg: OptimConfig, restarts: tuple[int, ...] = ()
     phase decays to 0 at the next one, the last at ``cfg.iterations``."""
     if cfg.warmup_iterations and iteration < cfg.warmup_iterations:
         return (iteration + 1) / cfg.warmup_iterations
-    bounds = [0, *sorted(r for r in restarts if 0 < r < cfg.iterations), cfg.iterations]
-    start, end = next((a, b) for a, b in zip(bounds, bounds[1:]) if iteration < b or b == cfg.iterations)
+    inner = sorted(r for r in restarts if 0 < r < cfg.iterations)
+    start = max((r for r in inner if r <= iteration), default=0)
+    end = min((r for r in inner if r > iteration), default=cfg.iterations)
     return (1.0 - min(iteration - start, end - start) / (end - start)) ** cfg.poly_power
 
 

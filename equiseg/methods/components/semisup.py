@@ -305,7 +305,7 @@ class TeacherStudentMethod(Method):
         if self.in_warmup(iteration):  # no teacher yet: it is made from the student at the switch
             return {"student": student}
         models = {"teacher": self.teacher.model, "student": student}
-        first = self.cfg.report_model
+        first = self.reported_model
         return {first: models[first], **{k: v for k, v in models.items() if k != first}}
 
 
