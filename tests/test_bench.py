@@ -13,7 +13,7 @@ import yaml
 from equiseg.bench import runner
 from equiseg.bench.cache import RunState, comparable, differences, find_finished_run, run_state
 from equiseg.bench.presets import PRESETS, preset_configs
-from equiseg.bench.table import RunRecord, Stat, bench_json, bench_markdown, summarize
+from equiseg.bench.table import RunRecord, Stat, bench_json, bench_markdown, paired_gains, summarize
 from equiseg.cli.main import main as cli
 from equiseg.config import config_to_yaml, load_config, validate_config
 from equiseg.data.synthetic import make_synthetic_dataset
@@ -54,7 +54,10 @@ def test_markdown_and_json_tables_on_fake_results():
     groups = _fake_groups()
     protocol = {"dataset": "camvid", "iterations": {"supervised": "600", "ael": "600 (x2)"}, "seeds": "0, 1"}
     md = bench_markdown(groups, protocol, ["road", "pole", "sky"], [1], "maximum resident set size")
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    rows: dict[str, str] = {}
+    for line in md.splitlines():  # the results table's rows come first
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
     # supervised: mIoU 60 ± 14.14 over seeds 0, 1; wall 10 and 11 min; 1 s / iteration on average.
     assert rows["supervised"].startswith("| supervised | 0, 1 | 60.00 ± 14.14 | 20.00 ± 14.14 | 61.00 ± 14.14 |")
     assert "| 10.5 ± 0.7 | 1.050 ± 0.071 | 2.00 ± 0.00 | trained |" in rows["supervised"]
@@ -64,6 +67,7 @@ def test_markdown_and_json_tables_on_fake_results():
     assert "Peak memory: maximum resident set size" in md and "sample standard deviation" in md
     assert "| pole * | 20.00 | 20.00 |" in md and "| sky | 80.00 | 80.00 |" in md  # 1.1 and 0.5: mean 0.8
     assert "ael seed 1 (out/ael_seed1): FloatingPointError: loss is nan" in md
+    assert "| ael | 0 | +10.00 | +10.00 | +10.00 | +10.00 | 1 of 1 | no (14.14) |" in md  # seed 1 failed: unpaired
 
     data = bench_json(groups, protocol, ["road", "pole", "sky"], [1], "rss")
     json.dumps(data)  # plain JSON
@@ -73,6 +77,37 @@ def test_markdown_and_json_tables_on_fake_results():
     assert sup["runs"][1]["s_per_iteration"] == pytest.approx(1.1)
     assert data["tail_ids"] == [1] and data["memory"] == "rss"
     assert summarize(groups["ael"])["miou_last"].n == 1
+
+
+def test_gains_over_supervised_are_paired_by_seed():
+    def record(method, seed, miou, tail, error=None):
+        return RunRecord(method, seed, f"out/{method}_seed{seed}", miou_last=miou, tail_miou_last=tail, error=error)
+
+    groups = {
+        "supervised": [record("supervised", 0, 0.48, 0.16), record("supervised", 1, 0.50, 0.17),
+                       record("supervised", 2, 0.46, 0.15)],
+        # Every seed better by 0.01-0.03, although seed 2 (0.475) is below supervised's seed 1 (0.50).
+        "cutmix": [record("cutmix", 0, 0.49, 0.18), record("cutmix", 1, 0.53, 0.16), record("cutmix", 2, 0.475, 0.15)],
+        # Seed 1 failed: only seeds 0 and 2 are paired; seed 5 has no supervised partner.
+        "ael": [record("ael", 0, 0.55, 0.20), record("ael", 1, None, None, error="nan"),
+                record("ael", 2, 0.51, 0.19), record("ael", 5, 0.60, 0.30)],
+    }
+    gains = paired_gains(groups)
+    assert list(gains) == ["cutmix", "ael"]
+    cutmix, ael = gains["cutmix"], gains["ael"]
+    assert cutmix.seeds == [0, 1, 2] and cutmix.miou == pytest.approx([0.01, 0.03, 0.015])
+    assert cutmix.tail_miou == pytest.approx([0.02, -0.01, 0.0]) and cutmix.wins == 3
+    # supervised's sample std is 0.02: a mean gain of 0.0183 is not beyond it, ael's 0.06 is.
+    assert cutmix.baseline_spread == pytest.approx(0.02) and cutmix.beyond_spread is False
+    assert ael.seeds == [0, 2] and ael.miou == pytest.approx([0.07, 0.05]) and ael.beyond_spread is True
+
+    md = bench_markdown(groups, {}, [], [], "rss")
+    row = next(line for line in md.splitlines() if line.startswith("| cutmix | 0, 1, 2 | +1.00"))
+    assert "| +1.00, +3.00, +1.50 | +1.83 ± 1.04 | +2.00, -1.00, +0.00 | +0.33 ± 1.53 | 3 of 3 | no (2.00) |" in row
+    assert "| ael | 0, 2 | +7.00, +5.00 | +6.00 ± 1.41 |" in md and "| 2 of 2 | yes (2.00) |" in md
+    data = bench_json(groups, {}, [], [], "rss")["paired_gain"]
+    assert data["baseline"] == "supervised" and data["methods"]["ael"]["beyond_spread"] is True
+    assert bench_json({"ael": groups["ael"]}, {}, [], [], "rss")["paired_gain"] is None  # no baseline benched
 
 
 # --------------------------------------------------------------------------- caching

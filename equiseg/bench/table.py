@@ -1,7 +1,10 @@
 """The bench's results: one record per run, mean ± spread per method, Markdown and JSON.
 
 Spread is the sample standard deviation over seeds (n - 1 in the denominator), the usual
-"mean ± std over K seeds" of segmentation papers; a single seed has none.
+"mean ± std over K seeds" of segmentation papers; a single seed has none. Each method is also
+compared with the supervised baseline seed by seed (the same ``run.seed`` on both sides), so the
+user sees per seed whether the unlabeled data helped, and whether the mean gain is larger than
+the baseline's own seed spread.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ PERCENT = 100.0
 GIB = 1024 ** 3
 SECONDS_PER_MINUTE = 60.0
 TAIL_MARK = "*"
+BASELINE = "supervised"
+"""The method every other one is compared with, seed by seed, when the bench has it."""
 
 
 @dataclass
@@ -87,6 +92,78 @@ def class_means(records: Sequence[RunRecord], num_classes: int) -> list[Optional
     return [Stat.of([r.iou_last[c] if c < len(r.iou_last) else None for r in done]).mean for c in range(num_classes)]
 
 
+@dataclass
+class PairedGain:
+    """A method's gain over the baseline on the seeds both finished: per-seed differences."""
+
+    seeds: list[int]
+    miou: list[float]
+    tail_miou: list[float]
+    baseline_spread: Optional[float]
+    """The baseline's own sample std of mIoU over its finished seeds (the done-means yardstick)."""
+
+    @property
+    def wins(self) -> int:
+        return sum(d > 0 for d in self.miou)
+
+    @property
+    def beyond_spread(self) -> Optional[bool]:
+        """Mean mIoU gain larger than the baseline's seed spread; None when that spread is unknown."""
+        if self.baseline_spread is None or not self.miou:
+            return None
+        return statistics.fmean(self.miou) > self.baseline_spread
+
+
+def paired_gains(groups: dict[str, list[RunRecord]], baseline: str = BASELINE) -> dict[str, PairedGain]:
+    """Each other method's last-checkpoint mIoU / tail mIoU minus the baseline's, seed by seed."""
+    if baseline not in groups:
+        return {}
+    base = {r.seed: r for r in groups[baseline] if r.error is None and r.miou_last is not None}
+    spread = Stat.of([r.miou_last for r in base.values()]).spread
+    gains = {}
+    for method, records in groups.items():
+        if method == baseline:
+            continue
+        pairs = [(r, base[r.seed]) for r in records if r.error is None and r.miou_last is not None and r.seed in base]
+        gains[method] = PairedGain(
+            seeds=[r.seed for r, _ in pairs],
+            miou=[r.miou_last - b.miou_last for r, b in pairs],
+            tail_miou=[r.tail_miou_last - b.tail_miou_last for r, b in pairs
+                       if r.tail_miou_last is not None and b.tail_miou_last is not None],
+            baseline_spread=spread)
+    return gains
+
+
+def _signed(values: Sequence[float]) -> str:
+    return ", ".join(f"{PERCENT * v:+.2f}" for v in values)
+
+
+def _signed_stat(values: Sequence[float]) -> str:
+    stat = Stat.of(values)
+    if stat.mean is None:
+        return "n/a"
+    return f"{PERCENT * stat.mean:+.2f}" + (f" ± {PERCENT * stat.spread:.2f}" if stat.spread is not None else "")
+
+
+def paired_table(gains: dict[str, PairedGain], baseline: str = BASELINE) -> str:
+    """Markdown: per method, the per-seed gains over the baseline and their mean ± std."""
+    header = ["method", "paired seeds", f"mIoU − {baseline}, per seed", "mean ± std",
+              f"tail mIoU − {baseline}, per seed", "mean ± std", "seeds better",
+              f"mean gain > {baseline}'s spread"]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for method, g in gains.items():
+        if not g.seeds:
+            lines.append(_row([method, "none", *["n/a"] * (len(header) - 2)]))
+            continue
+        spread = g.baseline_spread
+        verdict = ("n/a (one baseline seed)" if g.beyond_spread is None else
+                   f"{'yes' if g.beyond_spread else 'no'} ({PERCENT * spread:.2f})")
+        lines.append(_row([method, ", ".join(map(str, g.seeds)), _signed(g.miou), _signed_stat(g.miou),
+                           _signed(g.tail_miou), _signed_stat(g.tail_miou),
+                           f"{g.wins} of {len(g.seeds)}", verdict]))
+    return "\n".join(lines)
+
+
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -150,6 +227,13 @@ def bench_markdown(groups: dict[str, list[RunRecord]], protocol: dict[str, Any],
         f"Peak memory: {memory_note}. runs: trained here, resumed (wall time partial, not shown), or reused "
         f"(an identical finished run).", "",
     ]
+    gains = paired_gains(groups)
+    if gains:
+        parts += [f"## Gain over {BASELINE}, seed by seed", "",
+                  paired_table(gains), "",
+                  f"Last checkpoint, mIoU points; each method's run minus {BASELINE}'s run with the same seed "
+                  f"(seeds where either failed are left out). Mean gain > {BASELINE}'s spread: the mean per-seed "
+                  f"gain is larger than the sample std of {BASELINE}'s own mIoU over its seeds (in brackets).", ""]
     if class_names:
         parts += ["## Per-class IoU (last checkpoint, %, mean over seeds; * = tail class)", "",
                   per_class_table(groups, class_names, tail_ids), ""]
@@ -171,6 +255,9 @@ def bench_json(groups: dict[str, list[RunRecord]], protocol: dict[str, Any], cla
             "iou_last_mean": class_means(records, len(class_names)),
             "runs": [{**asdict(r), "s_per_iteration": r.s_per_iteration} for r in records],
         })
+    gains = {method: {**asdict(g), "wins": g.wins, "beyond_spread": g.beyond_spread}
+             for method, g in paired_gains(groups).items()}
     return {"protocol": protocol, "class_names": list(class_names), "tail_ids": list(tail_ids),
             "memory": memory_note, "spread": "sample standard deviation over seeds", "methods": methods,
+            "paired_gain": {"baseline": BASELINE, "methods": gains} if gains else None,
             **(extra or {})}
