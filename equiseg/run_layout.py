@@ -4,7 +4,7 @@ report` and `equiseg bench` read). Imports nothing of equiseg, so every layer ca
     <run>/config.yaml        the resolved config
     <run>/train.log          the log
     <run>/metrics.jsonl      one JSON record per logged step or evaluation
-    <run>/results.json       the final evaluation (written at the end)
+    <run>/results.json       the final evaluation (written at the end) and the code stamp
     <run>/checkpoints/       last.pt (resume), best.pt
     <run>/split/             the labeled/unlabeled lists and split.json
     <run>/tb/                TensorBoard events

@@ -8,8 +8,10 @@ import queue
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+import equiseg
 from equiseg.bench import runner
 from equiseg.bench.cache import RunState, comparable, differences, find_finished_run, run_state
 from equiseg.bench.presets import PRESETS, preset_configs
@@ -18,6 +20,7 @@ from equiseg.cli.main import main as cli
 from equiseg.config import config_to_yaml, load_config, validate_config
 from equiseg.data.synthetic import make_synthetic_dataset
 from equiseg.errors import ConfigError
+from equiseg.provenance import code_stamp, describe, same_code, source_digest
 from test_training import tiny_config
 
 BENCH_ITERATIONS = 4
@@ -168,6 +171,42 @@ def test_run_state_reuses_only_an_identical_config(data_root, tmp_path):
     assert find_finished_run(changed, [tmp_path / "runs"]) is None
 
 
+def test_a_reused_run_says_which_code_made_it(data_root, tmp_path, capsys):
+    cfg = validate_config(tiny_config(data_root, tmp_path / "bench", iterations=BENCH_ITERATIONS))
+    run = runner.PlannedRun("supervised", 3, tmp_path / "t.yaml", cfg)
+    results = _finished_run(run.run_dir, cfg) / "results.json"
+
+    results.write_text(json.dumps({"code": code_stamp()}))  # made by this code
+    assert runner.execute(run, []).status == "reused"
+    assert "(identical config, finished)" in capsys.readouterr().out
+
+    other = {**code_stamp(), "source": "0" * 16, "commit": "abc"}
+    for made_by in (other, None):  # another source, or a run from before runs were stamped
+        results.write_text(json.dumps({"code": made_by} if made_by else {}))
+        record = runner.execute(run, [])
+        assert record.status == "reused (other code)" and record.code == made_by
+        printed = capsys.readouterr().out
+        assert f"made by {describe(made_by)}, this is source {code_stamp()['source']}" in printed
+    assert describe(other).startswith("source 0000000000000000 (equiseg ") and describe(None) == "unrecorded code"
+
+
+def test_source_digest_follows_every_package_file(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    (package / "notes.txt").write_text("not code")
+    first = source_digest(package)
+    assert len(first) == 16 and source_digest(package) == first
+    (package / "notes.txt").write_text("changed, still not code")
+    assert source_digest(package) == first
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest(package) != first
+    stamp = code_stamp()
+    assert stamp["source"] == source_digest(Path(equiseg.__file__).parent) and stamp["torch"] == torch.__version__
+    assert same_code(stamp, dict(stamp)) and not same_code(stamp, {**stamp, "torch": "0"}) and not same_code(None, stamp)
+
+
 def test_presets_name_existing_configs_with_one_protocol():
     for preset in PRESETS:
         configs = {m: load_config(p) for m, p in preset_configs(preset).items()}
@@ -213,6 +252,7 @@ def test_tiny_bench_trains_tabulates_then_reuses(data_root, tmp_path, capsys, mo
         run = method["runs"][0]
         results = json.loads((Path(run["run_dir"]) / "results.json").read_text())
         assert Path(run["run_dir"]) == out / f"{method['method']}_seed0" and run["status"] == "trained"
+        assert results["code"] == code_stamp() and run["code"] == code_stamp()  # the spawned run's stamp
         assert run["miou_last"] == results["last"]["miou"] and run["iou_last"] == results["last"]["iou"]
         assert run["miou_best"] == results["best"]["miou"] and run["best_iteration"] == str(results["best_iteration"])
         assert run["wall_s"] > 0 and run["iterations"] == BENCH_ITERATIONS and run["memory_kind"] == "max_rss"

@@ -22,6 +22,7 @@ from equiseg.engine.rounds import RoundLoop
 from equiseg.engine.run import train_run
 from equiseg.methods import method_class
 from equiseg.methods.base import MethodContext, RoundJob
+from equiseg.provenance import code_stamp
 from equiseg.methods.components.class_balanced import (class_balanced_thresholds, confidence_bits, sample_pixels,
                                                        select_pseudo_labels, threshold_values)
 from equiseg.methods.dst_cbc import draw_valtiny, dynamic_self_training_loss, dynamic_weights
@@ -394,6 +395,7 @@ def test_rounds_resume_where_they_stopped(tiny_root, tmp_path, tiny_models):
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     assert [r["selected_round"] for r in results["rounds"]] == [0, 1, 1]
     assert results["selected"]["round"] == 1 and results["last"]["round"] == 2
+    assert results["code"]["source"] == code_stamp()["source"]  # rounds stamp their results.json too
     assert results["selected"]["selection_miou"] == 0.50 and results["last"]["selection_miou"] == pytest.approx(0.30)
     assert results["selected"]["miou"] is not None and results["rounds"][1]["pseudo_label_miou"] is not None
     assert all(r["best_val_miou"] is not None for r in results["rounds"])  # valtiny: tested on val each round

@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "equiseg"
 
 LAYERS = (
-    ("equiseg.registry", "equiseg.errors", "equiseg.parallel", "equiseg.run_layout"),
+    ("equiseg.registry", "equiseg.errors", "equiseg.parallel", "equiseg.run_layout", "equiseg.provenance"),
     ("equiseg.config",),
     ("equiseg.data", "equiseg.models"),
     ("equiseg.evaluation",),

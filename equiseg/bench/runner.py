@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 from ..config import Config, load_config
 from ..engine.profile import DEFAULT_ROUNDS, DEFAULT_STEPS, DEFAULT_WARMUP
 from ..errors import ConfigError
+from ..provenance import code_stamp, describe, same_code
 from ..run_layout import BENCH_RECORD, RunLayout
 from .cache import RunState, find_finished_run, run_state
 from .presets import SPEED_BASELINES, preset_configs, resolve_config_path
@@ -45,6 +46,7 @@ MEMORY_NOTES = {
                "data-loader worker processes not included)",
 }
 KIB = 1024
+REUSED_OTHER_CODE = "reused (other code)"
 
 
 @dataclass
@@ -183,13 +185,11 @@ def _state_of(run: PlannedRun) -> RunState:
 def execute(run: PlannedRun, reuse_from: Sequence[Path], threads: Optional[int] = None) -> RunRecord:
     """Reuse, resume or train one planned run; the record of its numbers."""
     state = _state_of(run)
-    if state is RunState.FINISHED:
-        print(f"bench: {run.label} seed {run.seed}: reusing {run.run_dir} (identical config, finished)")
-        return collect(run, run.run_dir, "reused", _read_record(run.run_dir))
-    elsewhere = find_finished_run(run.cfg, reuse_from) if state is RunState.ABSENT else None
-    if elsewhere is not None:
-        print(f"bench: {run.label} seed {run.seed}: reusing {elsewhere} (identical config, finished)")
-        return collect(run, elsewhere, "reused", _read_record(elsewhere))
+    found = run.run_dir if state is RunState.FINISHED else None
+    if found is None and state is RunState.ABSENT:
+        found = find_finished_run(run.cfg, reuse_from)
+    if found is not None:
+        return reuse(run, found)
     resume = None
     if state is RunState.INTERRUPTED:
         resume = RunLayout(run.run_dir).last_checkpoint
@@ -209,6 +209,19 @@ def execute(run: PlannedRun, reuse_from: Sequence[Path], threads: Optional[int] 
     return collect(run, run.run_dir, "resumed" if resume is not None else "trained", outcome)
 
 
+def reuse(run: PlannedRun, run_dir: Path) -> RunRecord:
+    """A finished run with the planned config; said aloud when other code made it (same config,
+    other trajectory: any change on the training path moves a run like another seed would)."""
+    made_by = json.loads(RunLayout(run_dir).results.read_text()).get("code")
+    status = "reused"
+    note = ""
+    if not same_code(made_by, code_stamp()):
+        status = REUSED_OTHER_CODE
+        note = f"; made by {describe(made_by)}, this is {describe(code_stamp())}"
+    print(f"bench: {run.label} seed {run.seed}: reusing {run_dir} (identical config, finished{note})")
+    return collect(run, run_dir, status, _read_record(run_dir))
+
+
 def collect(run: PlannedRun, run_dir: Path, status: str, record: dict[str, Any]) -> RunRecord:
     """The table's numbers from a finished run folder and its bench record."""
     from ..report.protocol import total_iterations
@@ -225,7 +238,7 @@ def collect(run: PlannedRun, run_dir: Path, status: str, record: dict[str, Any])
         best_iteration=None if best_at is None else str(best_at), iou_last=list(last.get("iou") or []),
         iterations=total_iterations(run.cfg.model_dump(mode="json")),
         wall_s=record.get("wall_s"), peak_memory_bytes=record.get("peak_memory_bytes"),
-        memory_kind=record.get("memory_kind"))
+        memory_kind=record.get("memory_kind"), code=results.get("code"))
 
 
 # --------------------------------------------------------------------------- the table

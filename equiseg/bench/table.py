@@ -29,7 +29,7 @@ class RunRecord:
     seed: int
     run_dir: str
     status: str = "trained"
-    """trained | resumed | reused | failed"""
+    """trained | resumed | reused | reused (other code) | failed"""
     miou_last: Optional[float] = None
     tail_miou_last: Optional[float] = None
     miou_best: Optional[float] = None
@@ -44,6 +44,8 @@ class RunRecord:
     peak_memory_bytes: Optional[int] = None
     memory_kind: Optional[str] = None
     error: Optional[str] = None
+    code: Optional[dict[str, Any]] = None
+    """The code stamp of the run's results.json (equiseg.provenance); None for runs made before stamps."""
 
     @property
     def s_per_iteration(self) -> Optional[float]:
@@ -225,7 +227,9 @@ def bench_markdown(groups: dict[str, list[RunRecord]], protocol: dict[str, Any],
         f"(up to {n_seeds} seed(s) per method). Wall time: the whole run as the bench measured it (training, "
         f"evaluation, checkpoints, DST-CBC pseudo-labeling); s / iteration = wall time / optimizer steps. "
         f"Peak memory: {memory_note}. runs: trained here, resumed (wall time partial, not shown), or reused "
-        f"(an identical finished run).", "",
+        f"(an identical finished run; 'other code' when another commit, modified package files, or code "
+        f"from before runs were stamped made it: same config, but any change on the training path moves a "
+        f"run as another seed would).", "",
     ]
     gains = paired_gains(groups)
     if gains:

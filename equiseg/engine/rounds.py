@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..evaluation.evaluator import evaluate
 from ..methods.base import RoundColumn, RoundEnv, RoundJob, RoundPlan
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint, model_state_from_checkpoint
+from ..provenance import code_stamp
 from ..registry import METHODS
 from ..run_layout import ROUND_DIR_PREFIX, RunLayout, write_json
 from .distributed import barrier, init_distributed
@@ -208,6 +209,7 @@ class RoundLoop:
             } for r in records],
         }
         payload["best"] = payload["selected"]  # the trainer's results.json key for the reported model
+        payload["code"] = code_stamp()
         self._write_json(self.layout.results, payload)
         if self.is_main:
             for which, entry_ in (("best", payload["selected"]), ("last", payload["last"])):

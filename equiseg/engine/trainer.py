@@ -33,6 +33,7 @@ from ..methods.base import Method, MethodContext, StepOutput, unwrap
 from ..models import build_model, convert_sync_batchnorm
 from ..models.checkpoint import load_checkpoint
 from ..parallel import all_reduce_sum
+from ..provenance import code_stamp
 from ..registry import METHODS
 from ..run_layout import RunLayout, write_json
 from .checkpoint import rng_state, save_atomic, set_rng_state
@@ -441,7 +442,8 @@ class Trainer:
         if self.dist.is_main:
             payload = {"method": self.cfg.method.name, "dataset": self.spec.name,
                        "iterations": self.iteration,
-                       "last": self.last_eval, "best": self.best, "best_iteration": self.best_iteration}
+                       "last": self.last_eval, "best": self.best, "best_iteration": self.best_iteration,
+                       "code": code_stamp()}
             write_json(RunLayout(self.run_dir).results, payload)
             from ..evaluation.metrics import EvalResult
             for tag, r in (("last", self.last_eval), ("best", self.best)):
