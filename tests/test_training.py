@@ -124,6 +124,19 @@ def test_resume_reproduces_uninterrupted_losses(data_root, tmp_path, monkeypatch
     assert resumed.last["miou"] == pytest.approx(full.last["miou"], abs=1e-6)
 
 
+def test_evaluating_does_not_change_what_is_trained(data_root, tmp_path):
+    """An evaluation (and the TensorBoard sample grid) draws from the global RNG, which also drives
+    dropout: evaluated every 2 iterations or never, a teacher-student run must train the same."""
+    curves = {}
+    for every in (2, 1000):
+        raw = tiny_config(data_root, tmp_path / str(every), method="cutmix", iterations=12, train__eval_every=every,
+                          train__sample_every=every, data__unlabeled_batch_size=4, method__supervised_warmup=4)
+        Trainer(validate_config(raw), tmp_path / f"run{every}").fit()
+        curves[every] = losses(tmp_path / f"run{every}")
+    assert sorted(curves[2]) == list(range(1, 13))
+    assert curves[2] == curves[1000]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,9 +1,10 @@
 """Atomic checkpoint files and RNG-state capture for exact resumption."""
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -59,3 +60,15 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without moving the training's random streams: an evaluation draws from the
+    global RNG (each DataLoader iterator takes its base seed there), and the same RNG drives
+    dropout, so without this how often a run is evaluated would change its trajectory."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

@@ -36,7 +36,7 @@ from ..parallel import all_reduce_sum
 from ..provenance import code_stamp
 from ..registry import METHODS
 from ..run_layout import RunLayout, write_json
-from .checkpoint import rng_state, save_atomic, set_rng_state
+from .checkpoint import preserved_rng, rng_state, save_atomic, set_rng_state
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers, init_distributed
 from .optim import build_optimizer, build_scheduler
 from .sampler import InfiniteBatchSampler
@@ -399,9 +399,11 @@ class Trainer:
                 self._log_window(window, lr)
                 window = {}
             if self.writer is not None and self.iteration % cfg.train.sample_every == 0:
-                self._write_samples()
+                with preserved_rng():
+                    self._write_samples()
             if self.iteration % cfg.train.eval_every == 0 and self.iteration < cfg.optim.iterations:
-                self.run_evaluation()
+                with preserved_rng():  # evaluating must not change what is trained
+                    self.run_evaluation()
                 self.student.train()
             if self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == cfg.optim.iterations:
                 self.save_checkpoint()
