@@ -212,14 +212,13 @@ def execute(run: PlannedRun, reuse_from: Sequence[Path], threads: Optional[int] 
 def reuse(run: PlannedRun, run_dir: Path) -> RunRecord:
     """A finished run with the planned config; said aloud when other code made it (same config,
     other trajectory: any change on the training path moves a run like another seed would)."""
-    made_by = json.loads(RunLayout(run_dir).results.read_text()).get("code")
-    status = "reused"
+    record = collect(run, run_dir, "reused", _read_record(run_dir))
     note = ""
-    if not same_code(made_by, code_stamp()):
-        status = REUSED_OTHER_CODE
-        note = f"; made by {describe(made_by)}, this is {describe(code_stamp())}"
+    if not same_code(record.code, code_stamp()):
+        record.status = REUSED_OTHER_CODE
+        note = f"; made by {describe(record.code)}, this is {describe(code_stamp())}"
     print(f"bench: {run.label} seed {run.seed}: reusing {run_dir} (identical config, finished{note})")
-    return collect(run, run_dir, status, _read_record(run_dir))
+    return record
 
 
 def collect(run: PlannedRun, run_dir: Path, status: str, record: dict[str, Any]) -> RunRecord:

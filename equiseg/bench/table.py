@@ -68,10 +68,10 @@ class Stat:
         spread = statistics.stdev(known) if len(known) > 1 else None
         return cls(statistics.fmean(known), spread, len(known))
 
-    def format(self, scale: float = 1.0, digits: int = 2) -> str:
+    def format(self, scale: float = 1.0, digits: int = 2, signed: bool = False) -> str:
         if self.mean is None:
             return "n/a"
-        text = f"{self.mean * scale:.{digits}f}"
+        text = f"{self.mean * scale:{'+' if signed else ''}.{digits}f}"
         return text + (f" ± {self.spread * scale:.{digits}f}" if self.spread is not None else "")
 
 
@@ -140,13 +140,6 @@ def _signed(values: Sequence[float]) -> str:
     return ", ".join(f"{PERCENT * v:+.2f}" for v in values)
 
 
-def _signed_stat(values: Sequence[float]) -> str:
-    stat = Stat.of(values)
-    if stat.mean is None:
-        return "n/a"
-    return f"{PERCENT * stat.mean:+.2f}" + (f" ± {PERCENT * stat.spread:.2f}" if stat.spread is not None else "")
-
-
 def paired_table(gains: dict[str, PairedGain], baseline: str = BASELINE) -> str:
     """Markdown: per method, the per-seed gains over the baseline and their mean ± std."""
     header = ["method", "paired seeds", f"mIoU − {baseline}, per seed", "mean ± std",
@@ -160,8 +153,8 @@ def paired_table(gains: dict[str, PairedGain], baseline: str = BASELINE) -> str:
         spread = g.baseline_spread
         verdict = ("n/a (one baseline seed)" if g.beyond_spread is None else
                    f"{'yes' if g.beyond_spread else 'no'} ({PERCENT * spread:.2f})")
-        lines.append(_row([method, ", ".join(map(str, g.seeds)), _signed(g.miou), _signed_stat(g.miou),
-                           _signed(g.tail_miou), _signed_stat(g.tail_miou),
+        lines.append(_row([method, ", ".join(map(str, g.seeds)), _signed(g.miou), Stat.of(g.miou).format(PERCENT, signed=True),
+                           _signed(g.tail_miou), Stat.of(g.tail_miou).format(PERCENT, signed=True),
                            f"{g.wins} of {len(g.seeds)}", verdict]))
     return "\n".join(lines)
 
