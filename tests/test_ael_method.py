@@ -132,6 +132,20 @@ def test_acp_moves_exactly_the_sampled_classes(monkeypatch):
     assert logs["acp_pixel_ratio"] > 0
 
 
+def test_acp_in_warmup_false_pastes_only_after_the_switch():
+    method, student, labeled, unlabeled = make_method("ael", acp_probability=1.0, supervised_warmup=2,
+                                                      acp_in_warmup=False, adaptive_cutmix=False)
+    outputs = train_steps(method, student, labeled, unlabeled, steps=2)     # warm-up: plain L_s
+    assert labeled.loads == [] and all("acp_pixel_ratio" not in out.logs for out in outputs)
+    assert method.labeled_presence.present.any()                           # sources known at the switch
+    out = train_steps(method, student, labeled, unlabeled, steps=1, start=2)[0]
+    assert len(labeled.loads) == 2 and out.logs["acp_pixel_ratio"] > 0    # each labeled image gets a paste
+    method, student, labeled, unlabeled = make_method("ael", acp_probability=1.0, supervised_warmup=2,
+                                                      adaptive_cutmix=False)
+    train_steps(method, student, labeled, unlabeled, steps=1)
+    assert len(labeled.loads) == 2                                          # default: the warm-up pastes too
+
+
 def test_acp_prefers_a_source_holding_the_class_and_excludes_classes(monkeypatch):
     method, student, labeled, unlabeled = make_method("ael", acp_probability=1.0, acp_excluded_classes=["road"])
     assert method.acp_allowed.tolist() == [False, True, True, True]

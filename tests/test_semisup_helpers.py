@@ -100,13 +100,14 @@ def batches(labeled: FakeDataset, unlabeled: FakeDataset, step: int, batch: int 
     return labeled.batch(l_idx), unlabeled.batch(u_idx)
 
 
-def train_steps(method, student, labeled, unlabeled, steps: int = 3, lr: float = 0.05) -> list:
-    """Run ``steps`` SGD steps as the engine does; check losses/gradients; return the outputs."""
+def train_steps(method, student, labeled, unlabeled, steps: int = 3, lr: float = 0.05, start: int = 0) -> list:
+    """Run ``steps`` SGD steps as the engine does, from iteration ``start``; check losses/gradients;
+    return the outputs."""
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     student.train()
     method.train()
     outputs = []
-    for it in range(steps):
+    for it in range(start, start + steps):
         l_batch, u_batch = batches(labeled, unlabeled, it)
         out = method.training_step(l_batch, u_batch, it)
         assert torch.isfinite(out.loss), out.logs

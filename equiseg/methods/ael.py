@@ -97,6 +97,10 @@ class AELConfig(PseudoLabelConfig):
     """Official code: Softmax(sqrt(1 - Conf)) for ACP instead of Eq. 9's Softmax(1 - Conf)."""
     acp_with_replacement: bool = False
     """Official code: draw K classes with replacement and de-duplicate (≤ K distinct)."""
+    acp_in_warmup: bool = True
+    """Paste during a ``supervised_warmup`` too (the paper has no warm-up). False: plain L_s until the
+    switch, so the first teacher is the supervised model (on CamVid the warm-up's pastes cost
+    Bicyclist before any pseudo-label exists, docs/semisup_cpu.md)."""
 
     # -- beyond the paper
     adaptive_threshold: bool = False
@@ -174,7 +178,8 @@ class AEL(TeacherStudentMethod):
         if cfg.adaptive_copy_paste:
             with self.ctx.section("extras"):
                 self.labeled_presence.update(labeled["index"], labeled["label"], min_ratio=0.0)
-                labeled = self.adaptive_copy_paste(labeled, logs)
+                if cfg.acp_in_warmup or not self.in_warmup(iteration):
+                    labeled = self.adaptive_copy_paste(labeled, logs)
         x_l, y_l = labeled["image"], labeled["label"]
         if self.in_warmup(iteration):
             # Supervised warm-up: L_s only, the bank still learns (Eq. 4-7) so it is full at the switch.
