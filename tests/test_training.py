@@ -137,6 +137,22 @@ def test_evaluating_does_not_change_what_is_trained(data_root, tmp_path):
     assert curves[2] == curves[1000]
 
 
+def test_results_name_the_code_loaded_at_the_start(data_root, tmp_path, monkeypatch):
+    """An editable install lets files change under a long run; results.json must name the code the
+    process loaded when it started, not the files found when it finished."""
+    from equiseg import provenance
+
+    provenance.code_stamp.cache_clear()
+    trainer = Trainer(validate_config(tiny_config(data_root, tmp_path, iterations=2)), tmp_path / "run")
+    loaded = trainer.code
+    provenance.code_stamp.cache_clear()
+    monkeypatch.setattr(provenance, "source_digest", lambda package_dir: "edited-mid-run")
+    trainer.fit()
+    provenance.code_stamp.cache_clear()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["code"] == loaded
+    assert loaded["source"] != "edited-mid-run"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

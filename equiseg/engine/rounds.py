@@ -58,6 +58,7 @@ class RoundLoop:
     def __init__(self, cfg: Any, run_dir: Path, resume: bool = False,
                  train: Optional[Callable[[RoundJob], Any]] = None):
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+        self.code = code_stamp()  # the code this process loaded: files edited during the run do not count
         self.layout = RunLayout(self.run_dir)
         self.train = train or train_round
         self.dist = init_distributed(cfg.run.device)
@@ -209,7 +210,7 @@ class RoundLoop:
             } for r in records],
         }
         payload["best"] = payload["selected"]  # the trainer's results.json key for the reported model
-        payload["code"] = code_stamp()
+        payload["code"] = self.code
         self._write_json(self.layout.results, payload)
         if self.is_main:
             for which, entry_ in (("best", payload["selected"]), ("last", payload["last"])):

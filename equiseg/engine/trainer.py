@@ -138,6 +138,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume_path = resume
+        self.code = code_stamp()  # the code this process loaded: files edited during the run do not count
         self.dist = init_distributed(cfg.run.device)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -445,7 +446,7 @@ class Trainer:
             payload = {"method": self.cfg.method.name, "dataset": self.spec.name,
                        "iterations": self.iteration,
                        "last": self.last_eval, "best": self.best, "best_iteration": self.best_iteration,
-                       "code": code_stamp()}
+                       "code": self.code}
             write_json(RunLayout(self.run_dir).results, payload)
             from ..evaluation.metrics import EvalResult
             for tag, r in (("last", self.last_eval), ("best", self.best)):
