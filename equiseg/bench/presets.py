@@ -1,6 +1,6 @@
 """Which config each method of a bench preset trains with.
 
-``cpu``: the CPU-sized CamVid protocol (half resolution, MobileNetV2 with a 64-channel head, 1200
+``cpu``: the CPU-sized CamVid protocol (half resolution, MobileNetV2 with a 64-channel head, 2400
 iterations of 160x224 crops) that the repository's CamVid configs share, each semi-supervised method with the
 short-schedule settings chosen on val; the ``*_paper`` rows are the same methods with the papers'
 settings, so the effect of those choices stays visible. ``gpu``: full-resolution CamVid with DeepLabv3+ ResNet-101
