@@ -24,6 +24,7 @@ from typing import IO, Callable, Union
 CONFIG_FILE = "config.yaml"
 TRAIN_LOG = "train.log"
 METRICS_FILE = "metrics.jsonl"
+ARCHIVED_METRICS_FILE = "metrics.jsonl.gz"  # benchmarks/archive_runs.py keeps runs without checkpoints
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -47,6 +48,7 @@ class RunLayout:
     config = property(lambda self: self.root / CONFIG_FILE)
     train_log = property(lambda self: self.root / TRAIN_LOG)
     metrics = property(lambda self: self.root / METRICS_FILE)
+    archived_metrics = property(lambda self: self.root / ARCHIVED_METRICS_FILE)
     results = property(lambda self: self.root / RESULTS_FILE)
     checkpoints = property(lambda self: self.root / CHECKPOINT_DIR)
     last_checkpoint = property(lambda self: self.root / CHECKPOINT_DIR / LAST_CHECKPOINT)

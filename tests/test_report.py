@@ -144,6 +144,29 @@ def test_report_of_a_run_in_progress(ael_run, tmp_path):
     assert "no checkpoints/best.pt in the run folder (yet)" in section(page, "samples")
 
 
+def test_an_archived_run_reports_and_is_reused_like_the_original(ael_run, tmp_path):
+    """benchmarks/archive_runs.py keeps a run without checkpoints or TensorBoard, metrics.jsonl
+    gzip-compressed: the report draws the same curves from it and a bench still finds it finished."""
+    import importlib.util
+    from equiseg.bench.cache import find_finished_run
+    from equiseg.config import load_config
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "archive_runs.py"
+    spec = importlib.util.spec_from_file_location("archive_runs", path)
+    archive_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive_runs)
+    archive_runs.main([str(tmp_path / "kept"), str(ael_run), "--prefix", "bench_"])
+    kept = tmp_path / "kept" / "bench_ael"
+    assert (kept / "metrics.jsonl.gz").is_file() and not (kept / "metrics.jsonl").exists()
+    assert not (kept / "checkpoints").exists() and not (kept / "tb").exists()
+    assert (kept / "split" / "split.json").is_file() and (kept / "results.json").is_file()
+
+    original, archived = load_run(ael_run), load_run(kept)
+    assert archived.train == original.train and archived.evals == original.evals and archived.evals
+    assert find_finished_run(load_config(ael_run / "config.yaml"), [tmp_path / "kept"]) == kept
+    with pytest.raises(SystemExit, match="not a finished run"):
+        archive_runs.main([str(tmp_path / "again"), str(tmp_path / "kept")])
+
+
 def test_hardness_section_plots_mean_and_spread():
     run = RunFolder(path=Path("hagseg_run"), config={"method": {"name": "hagseg"}},
                     train=[{"iteration": 10 * i, "loss": 1.0, "hardness_mean": 0.2 + 0.1 * i, "hardness_std": 0.05}

@@ -9,6 +9,7 @@ in every round; here they are made cumulative so a whole run plots on one axis.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -164,7 +165,7 @@ def load_run(path: Union[str, Path]) -> RunFolder:
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is not a run folder: no such directory")
-    has_marker = (run_dir / METRICS_FILE).is_file() or (run_dir / RESULTS_FILE).is_file()
+    has_marker = metrics_path(run_dir).is_file() or (run_dir / RESULTS_FILE).is_file()
     if not (run_dir / CONFIG_FILE).is_file() or not has_marker:
         present = ", ".join(sorted(p.name for p in run_dir.iterdir())[:10]) or "nothing"
         raise RunFolderError(f"{run_dir} is not a run folder: expected {CONFIG_FILE} with {METRICS_FILE} or "
@@ -182,7 +183,7 @@ def load_run(path: Union[str, Path]) -> RunFolder:
     if rounds:
         _load_rounds(run, rounds)
     else:
-        run.train, run.evals = _split_records(read_jsonl(run_dir / METRICS_FILE), offset=0)
+        run.train, run.evals = _split_records(read_jsonl(metrics_path(run_dir)), offset=0)
     return run
 
 
@@ -195,13 +196,21 @@ def find_split_meta(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def metrics_path(run_dir: Path) -> Path:
+    """The folder's metrics.jsonl, or its gzip-compressed copy in an archived run."""
+    layout = RunLayout(run_dir)
+    return layout.metrics if layout.metrics.is_file() or not layout.archived_metrics.is_file() else layout.archived_metrics
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a missing file is empty. A line that does not parse (the
-    last line of a killed run may be cut short) is skipped with a warning."""
+    """Records of a JSON-lines file (gzip-compressed when its name ends in .gz); a missing file is
+    empty. A line that does not parse (the last line of a killed run may be cut short) is skipped
+    with a warning."""
     if not path.is_file():
         return []
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -249,7 +258,7 @@ def _load_rounds(run: RunFolder, round_dirs: list[Path]) -> None:
     offset = 0
     for round_dir in round_dirs:
         k = int(_ROUND_DIR.search(round_dir.name).group(1))
-        train, evals = _split_records(read_jsonl(round_dir / METRICS_FILE), offset)
+        train, evals = _split_records(read_jsonl(metrics_path(round_dir)), offset)
         run.train.extend(train)
         run.evals.extend(evals)
         info = RoundInfo(round=k, start_iteration=offset)
