@@ -199,7 +199,9 @@ def find_split_meta(run_dir: Path) -> dict[str, Any]:
 def metrics_path(run_dir: Path) -> Path:
     """The folder's metrics.jsonl, or its gzip-compressed copy in an archived run."""
     layout = RunLayout(run_dir)
-    return layout.metrics if layout.metrics.is_file() or not layout.archived_metrics.is_file() else layout.archived_metrics
+    if not layout.metrics.is_file() and layout.archived_metrics.is_file():
+        return layout.archived_metrics
+    return layout.metrics
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
