@@ -351,6 +351,32 @@ def test_unlabeled_loss_is_eq_10():
     assert loss.item() == pytest.approx((per_image * weight).mean().item())
 
 
+def test_unlabeled_loss_with_logit_adjustment():
+    """unlabeled_logit_adjustment (not in the paper): Eq. 10 on logits offset by τ (log q̂ − log π),
+    q̂ counted with each pixel's weight in L_u; a step feeds π from the labeled batch."""
+    assert make_method("hagseg")[0].logit_adjustment is None                        # off by default
+    method, *_ = make_method("hagseg", unlabeled_logit_adjustment=1.0, cutmix_branch=False)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 3, 4, generator=g)
+    label = torch.randint(0, 4, (2, 3, 4), generator=g)
+    label[0, 0, :2] = IGNORE
+    valid = torch.ones(2, 3, 4, dtype=torch.bool)
+    weight = torch.tensor([0.25, 1.0])
+    method.labeled_prior.update_labels(torch.arange(4).repeat(3), IGNORE)          # π uniform over 4
+    loss = method.unlabeled_loss(logits, {"label": label, "valid": valid}, weight)[0]
+    pixel_weight = (label != IGNORE) * weight.view(-1, 1, 1)
+    q = torch.zeros(4).scatter_add_(0, label[label != IGNORE], pixel_weight[label != IGNORE])
+    q = q / q.sum()
+    offsets = q.clamp_min(1e-6).log() - torch.full((4,), 0.25).log()
+    ce = torch.nn.functional.cross_entropy(logits + offsets.view(1, -1, 1, 1), label, ignore_index=IGNORE,
+                                           reduction="none")
+    assert loss.item() == pytest.approx((ce.mean((1, 2)) * weight).mean().item(), rel=1e-5)
+    fresh, *_ = make_method("hagseg", unlabeled_logit_adjustment=1.0, confidence_threshold=0.0)
+    l_batch, u_batch = batches(fresh.ctx.labeled_dataset, fresh.ctx.unlabeled_dataset, 0)
+    fresh.training_step(l_batch, u_batch, 0)
+    assert float(fresh.labeled_prior.seen) == 1.0 and float(fresh.logit_adjustment.pseudo.seen) == 1.0
+
+
 def test_total_loss_averages_the_branches(monkeypatch):
     fixed_hardness(monkeypatch, [1.0, 1.0])               # CutMix fires
     method, *_ = make_method("hagseg", confidence_threshold=0.3)

@@ -22,20 +22,23 @@ class CutMixConfig(PseudoLabelConfig):
 class CutMix(TeacherStudentMethod):
     config_class = CutMixConfig
 
+    def student_view(self, unlabeled: dict):
+        """The unlabeled images the student's CutMix is made of: the weak view the teacher labels."""
+        return unlabeled["image"]
+
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg, ignore = self.cfg, self.ctx.ignore_index
         self.observe_labeled(labeled)
         if self.in_warmup(iteration):
             return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]
-        x_u = unlabeled["image"]
 
         # Ŷ: teacher pseudo-labels on the weakly augmented unlabeled images.
         with self.ctx.section("teacher"):
-            y_hat = self.pseudo_labels(x_u, unlabeled["valid"], cfg.confidence_threshold)
+            y_hat = self.pseudo_labels(unlabeled["image"], unlabeled["valid"], cfg.confidence_threshold)
         # Strong augmentation: CutMix among the unlabeled images (Eq. 8, random I_1 and I_2).
         with self.ctx.section("extras"):
-            mixed, boxes = self.cutmix_among_batch(self.unlabeled_sample(x_u, y_hat))
+            mixed, boxes = self.cutmix_among_batch(self.unlabeled_sample(self.student_view(unlabeled), y_hat))
         with self.ctx.section("student"):
             out_l, out_u = self.student_forward(x_l, mixed["image"])
 

@@ -6,17 +6,20 @@ threshold τ (0.95) get no pseudo-label. The student sees the strong view (the b
 pseudo-labels mixed the same way. As FixMatch's L_u = 1/|Ω| Σ 𝟙(max p ≥ τ) ℓ_ce, the loss is
 normalised by every valid pixel, so dropped pixels lower it. L = L_s + α L_u.
 
+So FixMatch is CutMix-Seg (cutmix.py) with two defaults changed (τ, the normaliser) and the
+photometric strong view, instead of the weak one, under the student's CutMix: one step, written once.
 The teacher is the EMA teacher of the other methods; ``ema_momentum: 0`` makes it the current
 student, i.e. the original FixMatch's self-labelling.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 
-from .base import StepOutput, register_method
-from .components import LossDenominator, PseudoLabelConfig, TeacherStudentMethod, masked_mean, weighted_mean
+from .base import register_method
+from .components import LossDenominator, PseudoLabelConfig
+from .cutmix import CutMix
 
 FIXMATCH_THRESHOLD = 0.95
 
@@ -30,35 +33,10 @@ class FixMatchConfig(PseudoLabelConfig):
 
 
 @register_method
-class FixMatch(TeacherStudentMethod):
+class FixMatch(CutMix):
     config_class = FixMatchConfig
     strong_view = True
 
-    def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
-        cfg, ignore = self.cfg, self.ctx.ignore_index
-        self.observe_labeled(labeled)
-        if self.in_warmup(iteration):
-            return self.supervised_step(labeled)[0]
-        x_l, y_l = labeled["image"], labeled["label"]
-
-        # Pseudo-labels from the weak view, kept where confidence ≥ τ.
-        with self.ctx.section("teacher"):
-            y_hat = self.pseudo_labels(unlabeled["image"], unlabeled["valid"], cfg.confidence_threshold)
-        # Strong view: photometric augmentation (from the data pipeline) + CutMix.
-        with self.ctx.section("extras"):
-            mixed, boxes = self.cutmix_among_batch(self.unlabeled_sample(unlabeled["image_strong"], y_hat))
-        with self.ctx.section("student"):
-            out_l, out_s = self.student_forward(x_l, mixed["image"])
-
-        loss_s = self.labeled_loss(out_l, y_l)
-        confident = mixed["label"] != ignore
-        ce = self.unlabeled_pixel_loss(out_s["out"], mixed)
-        denominator = self.unsupervised_denominator(mixed)
-        loss_u = weighted_mean(ce, confident, denominator)
-        loss = loss_s + cfg.alpha * loss_u
-        logs = {"loss_sup": loss_s.detach(), "loss_unsup": loss_u.detach(),
-                "pl_conf": masked_mean(mixed["confidence"], mixed["valid"]),
-                "pl_ratio": masked_mean(confident.float(), mixed["valid"]),
-                "mix_ratio": boxes.float().mean()}
-        return StepOutput(loss=loss, logs=logs,
-                          pseudo_targets=self.pseudo_targets(mixed, confident * cfg.alpha, denominator))
+    def student_view(self, unlabeled: dict):
+        """The strong view: photometric augmentation of the weak crop, from the data pipeline."""
+        return unlabeled["image_strong"]

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..data.intensity import IntensityAugment
 from .base import MethodContext, PseudoTargets, StepOutput, register_method, unwrap
-from .components import (TeacherStudentConfig, TeacherStudentMethod, make_pseudo_labels, masked_mean,
-                         mixing_partners, paste, pixel_cross_entropy, weighted_mean)
+from .components import (LogitAdjustedConfig, TeacherStudentMethod, make_pseudo_labels, masked_mean,
+                         mixing_partners, paste, weighted_mean)
 from .components.adaptive_mixing import (CUTMIX_SIDE_RANGE, bernoulli, hard_easy_partners, intensity_mix,
                                          side_fraction_boxes)
 from .components.hardness import EmptyReference, class_mask, instance_hardness
@@ -46,7 +46,7 @@ STANDARD_CUTMIX_PROB = 0.5
 """Trigger probability of standard (not hardness-adaptive) CutMix (authors' ``use_cutmix_trigger_prob``)."""
 
 
-class HagSegConfig(TeacherStudentConfig):
+class HagSegConfig(LogitAdjustedConfig):
     name: Literal["hagseg"] = "hagseg"
     alpha: float = Field(UNSUPERVISED_WEIGHT, ge=0)
     """λ_u of Eq. 1: L = L_x + λ_u L_u (§3.2: 3)."""
@@ -144,15 +144,16 @@ class HagSeg(TeacherStudentMethod):
     def unlabeled_loss(self, logits: torch.Tensor, target: dict,
                        image_weight: torch.Tensor) -> tuple[torch.Tensor, PseudoTargets]:
         """One branch of Eq. 10: (1/B) Σ_i w_i (1/HW) Σ_j 𝟙(max p^t ≥ τ) H(p̂_i(j), p^t_i(j))."""
-        ignore = self.ctx.ignore_index
-        pseudo_labeled = target["label"] != ignore
-        ce = pixel_cross_entropy(logits, target["label"], ignore)
-        denominator = torch.ones_like(target["valid"]) if self.cfg.count_padding else target["valid"]
+        pseudo_labeled = target["label"] != self.ctx.ignore_index
         weight = pseudo_labeled * image_weight.view(-1, 1, 1)
+        # H(p̂, p^t); with unlabeled_logit_adjustment, on offset logits (q̂ then counts each branch's pixels)
+        ce = self.unlabeled_pixel_loss(logits, target, weight)
+        denominator = torch.ones_like(target["valid"]) if self.cfg.count_padding else target["valid"]
         return weighted_mean(ce, weight, denominator=denominator), self.pseudo_targets(target, weight, denominator)
 
     def training_step(self, labeled: dict, unlabeled: Optional[dict], iteration: int) -> StepOutput:
         cfg = self.cfg
+        self.observe_labeled(labeled)
         if self.in_warmup(iteration):
             return self.supervised_step(labeled)[0]
         x_l, y_l = labeled["image"], labeled["label"]

@@ -11,7 +11,8 @@ from .losses import (Ohem, equalization_sampling_mask, normalized_weights, parti
                      weighted_mean)
 from .mixing import (class_region_masks, connected_components, copy_paste_mask, large_scale_jitter,
                      mixing_partners, paste, random_boxes)
-from .semisup import LossDenominator, PseudoLabelConfig, TeacherStudentConfig, TeacherStudentMethod, masked_mean
+from .semisup import (LogitAdjustedConfig, LossDenominator, PseudoLabelConfig, TeacherStudentConfig,
+                      TeacherStudentMethod, masked_mean)
 from .teacher import EMATeacher, PseudoLabels, make_pseudo_labels
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "reweighting_weights", "sigmoid_rampup", "softmax_mse", "supervised_loss", "weighted_mean",
     "class_region_masks", "connected_components", "copy_paste_mask", "large_scale_jitter",
     "mixing_partners", "paste", "random_boxes",
-    "LossDenominator", "PseudoLabelConfig", "TeacherStudentConfig", "TeacherStudentMethod", "masked_mean",
+    "LogitAdjustedConfig", "LossDenominator", "PseudoLabelConfig", "TeacherStudentConfig", "TeacherStudentMethod",
+    "masked_mean",
     "EMATeacher", "PseudoLabels", "make_pseudo_labels",
 ]

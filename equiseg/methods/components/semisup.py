@@ -85,10 +85,24 @@ class TeacherStudentConfig(MethodConfig):
         return self
 
 
+class LogitAdjustedConfig(TeacherStudentConfig):
+    """Options of the methods whose L_u is a cross-entropy on teacher pseudo-labels."""
+
+    unlabeled_logit_adjustment: float = Field(0.0, ge=0)
+    """τ of a logit-adjusted L_u [Menon et al., ICLR 2021]: the student's logits in L_u are offset
+    by τ (log q̂ − log π), q̂ the running class distribution of the pseudo-labels, π the labeled
+    batches'. A class the pseudo-labels under-represent (a rare one the teacher never names) is
+    then hardly pushed down by L_u, so its share does not shrink round after round through the
+    teacher (components/class_prior.py). 0: off (the papers)."""
+    class_prior_momentum: float = Field(0.99, ge=0, lt=1)
+    """Momentum of the running class distributions π (labeled ground truth, before any paste) and
+    q̂ (pseudo-labels), per batch; used by ``debias_target: labeled`` and ``unlabeled_logit_adjustment``."""
+
+
 LossDenominator = Literal["pseudo_labeled", "valid"]
 
 
-class PseudoLabelConfig(TeacherStudentConfig):
+class PseudoLabelConfig(LogitAdjustedConfig):
     """Options of the methods trained on teacher pseudo-labels of CutMix-ed unlabeled images."""
 
     confidence_threshold: float = Field(0.0, ge=0, le=1)
@@ -113,15 +127,6 @@ class PseudoLabelConfig(TeacherStudentConfig):
     ICLR 2020], softmax(log p + λ (log π − log p̂)), π the EMA of the labeled batches' class
     distribution; a class the teacher predicts less often than the labeled data holds it is boosted
     until it is predicted as often (components/debias.py). Needs ``debias_strength`` > 0."""
-    unlabeled_logit_adjustment: float = Field(0.0, ge=0)
-    """τ of a logit-adjusted L_u [Menon et al., ICLR 2021]: the student's logits in L_u are offset
-    by τ (log q̂ − log π), q̂ the running class distribution of the pseudo-labels, π the labeled
-    batches'. A class the pseudo-labels under-represent (a rare one the teacher never names) is
-    then hardly pushed down by L_u, so its share does not shrink round after round through the
-    teacher (components/class_prior.py). 0: off (the papers)."""
-    class_prior_momentum: float = Field(0.99, ge=0, lt=1)
-    """Momentum of the running class distributions π (labeled ground truth, before any paste) and
-    q̂ (pseudo-labels), per batch; used by ``debias_target: labeled`` and ``unlabeled_logit_adjustment``."""
     class_balanced_fraction: Optional[float] = Field(None, gt=0, le=1)
     """α of online class-balanced thresholds (CBST / DST-CBC's top-α per class, over a running
     window; components/class_quantiles.py): a pixel predicted as c also passes when its confidence
@@ -168,7 +173,7 @@ class TeacherStudentMethod(Method):
         debiased = isinstance(cfg, PseudoLabelConfig) and cfg.debias_strength > 0
         self.debias = (PseudoLabelDebias(ctx.num_classes, cfg.debias_strength, cfg.debias_momentum, cfg.debias_target)
                        if debiased else None)
-        adjusted = isinstance(cfg, PseudoLabelConfig) and cfg.unlabeled_logit_adjustment > 0
+        adjusted = isinstance(cfg, LogitAdjustedConfig) and cfg.unlabeled_logit_adjustment > 0
         self.logit_adjustment = (LogitAdjustment(ctx.num_classes, cfg.unlabeled_logit_adjustment,
                                                  cfg.class_prior_momentum) if adjusted else None)
         # π: what the labeled ground truth holds, for the options that compare against it.
