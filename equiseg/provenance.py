@@ -1,8 +1,8 @@
 """Which code made a run: a digest of the equiseg package's source files, the equiseg and torch
 versions, and the git commit of a source checkout (for people; the digest decides). Written
 into every results.json, so a run folder says what produced it and ``equiseg bench`` can tell
-when it reuses a run made by other code (same config, but any change on the training path moves
-a run as another seed would). Imports nothing of equiseg."""
+when it reuses a run made by other code or on other CPU kernels (same config, but any change on the
+training path, or in the order floats are summed, moves a run as another seed would). Imports nothing of equiseg."""
 from __future__ import annotations
 
 import functools
@@ -40,8 +40,10 @@ def _git_commit(checkout: Path) -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def code_stamp() -> dict[str, Any]:
-    """``{"source", "equiseg", "torch", "commit"}`` of the running code (commit: None outside a
-    git checkout; a checkout with uncommitted changes has the commit but another source digest)."""
+    """``{"source", "equiseg", "torch", "cpu", "commit"}`` of the running code (commit: None outside a
+    git checkout; a checkout with uncommitted changes has the commit but another source digest).
+    ``cpu``: the instruction set torch's CPU kernels dispatch to (e.g. AVX2, AVX512): the same code
+    and seed on another one sums floats in another order, and the run drifts like another seed."""
     import torch
 
     try:
@@ -49,17 +51,19 @@ def code_stamp() -> dict[str, Any]:
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         version = None
     return {"source": source_digest(PACKAGE_DIR), "equiseg": version, "torch": torch.__version__,
-            "commit": _git_commit(PACKAGE_DIR.parent)}
+            "cpu": torch.backends.cpu.get_cpu_capability(), "commit": _git_commit(PACKAGE_DIR.parent)}
 
 
 def same_code(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]]) -> bool:
-    """The same package source and torch version. A run without a stamp (made before stamps
-    existed) is not known to match."""
-    return bool(a and b and a.get("source") and a.get("source") == b.get("source") and a.get("torch") == b.get("torch"))
+    """The same package source, torch version and CPU kernels. A run without a stamp (made before
+    stamps existed), or without the CPU in it, is not known to match."""
+    return bool(a and b and a.get("source") and a.get("cpu")
+                and all(a.get(key) == b.get(key) for key in ("source", "torch", "cpu")))
 
 
 def describe(stamp: Optional[dict[str, Any]]) -> str:
     if not stamp:
         return "unrecorded code"
     where = f", commit {stamp['commit'][:10]}" if stamp.get("commit") else ""
-    return f"source {stamp.get('source')} (equiseg {stamp.get('equiseg')}, torch {stamp.get('torch')}{where})"
+    cpu = f", CPU kernels {stamp['cpu']}" if stamp.get("cpu") else ""
+    return f"source {stamp.get('source')} (equiseg {stamp.get('equiseg')}, torch {stamp.get('torch')}{cpu}{where})"

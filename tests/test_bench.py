@@ -205,6 +205,10 @@ def test_source_digest_follows_every_package_file(tmp_path):
     stamp = code_stamp()
     assert stamp["source"] == source_digest(Path(equiseg.__file__).parent) and stamp["torch"] == torch.__version__
     assert same_code(stamp, dict(stamp)) and not same_code(stamp, {**stamp, "torch": "0"}) and not same_code(None, stamp)
+    assert stamp["cpu"] == torch.backends.cpu.get_cpu_capability()
+    # Other CPU kernels, or a stamp from before the CPU was recorded: not known to be the same trajectory.
+    assert not same_code(stamp, {**stamp, "cpu": "NO_SUCH_ISA"})
+    assert not same_code({k: v for k, v in stamp.items() if k != "cpu"}, stamp)
 
 
 def test_presets_name_existing_configs_with_one_protocol():

@@ -220,9 +220,9 @@ def bench_markdown(groups: dict[str, list[RunRecord]], protocol: dict[str, Any],
         f"(up to {n_seeds} seed(s) per method). Wall time: the whole run as the bench measured it (training, "
         f"evaluation, checkpoints, DST-CBC pseudo-labeling); s / iteration = wall time / optimizer steps. "
         f"Peak memory: {memory_note}. runs: trained here, resumed (wall time partial, not shown), or reused "
-        f"(an identical finished run; 'other code' when another commit, modified package files, or code "
-        f"from before runs were stamped made it: same config, but any change on the training path moves a "
-        f"run as another seed would).", "",
+        f"(an identical finished run; 'other code' when another commit, modified package files, another "
+        f"torch or CPU kernel set (AVX2, AVX512, ...), or code from before runs were stamped made it: same "
+        f"config, but any change on the training path moves a run as another seed would).", "",
     ]
     gains = paired_gains(groups)
     if gains:
