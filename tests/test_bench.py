@@ -107,7 +107,15 @@ def test_gains_over_supervised_are_paired_by_seed():
     md = bench_markdown(groups, {}, [], [], "rss")
     row = next(line for line in md.splitlines() if line.startswith("| cutmix | 0, 1, 2 | +1.00"))
     assert "| +1.00, +3.00, +1.50 | +1.83 ± 1.04 | +2.00, -1.00, +0.00 | +0.33 ± 1.53 | 3 of 3 | no (2.00) |" in row
-    assert "| ael | 0, 2 | +7.00, +5.00 | +6.00 ± 1.41 |" in md and "| 2 of 2 | yes (2.00) |" in md
+    assert "| ael | 0, 2 | +7.00, +5.00 | +6.00 ± 1.41 |" in md and "| 2 of 2 | yes (2.00) | 0 of 2 |" in md
+    # Pairs count as made on one machine kind only when both stamps name the same CPU kernels.
+    stamped = {"supervised": [RunRecord("supervised", s, "o", miou_last=0.5, tail_miou_last=0.1, code={"cpu": "AVX2"})
+                              for s in (0, 1, 2)],
+               "cutmix": [RunRecord("cutmix", 0, "o", miou_last=0.5, tail_miou_last=0.1, code={"cpu": "AVX2"}),
+                          RunRecord("cutmix", 1, "o", miou_last=0.5, tail_miou_last=0.1, code={"cpu": "AVX512"}),
+                          RunRecord("cutmix", 2, "o", miou_last=0.5, tail_miou_last=0.1)]}
+    assert paired_gains(stamped)["cutmix"].same_cpu == 1
+    assert "| 1 of 3 |" in bench_markdown(stamped, {}, [], [], "rss")
     data = bench_json(groups, {}, [], [], "rss")["paired_gain"]
     assert data["baseline"] == "supervised" and data["methods"]["ael"]["beyond_spread"] is True
     assert bench_json({"ael": groups["ael"]}, {}, [], [], "rss")["paired_gain"] is None  # no baseline benched

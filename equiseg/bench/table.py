@@ -103,6 +103,9 @@ class PairedGain:
     tail_miou: list[float]
     baseline_spread: Optional[float]
     """The baseline's own sample std of mIoU over its finished seeds (the done-means yardstick)."""
+    same_cpu: int = 0
+    """Pairs whose two runs' stamps name the same CPU kernels: the others compare machines too (a run
+    drifts like another seed on other kernels; docs/semisup_cpu.md)."""
 
     @property
     def wins(self) -> int:
@@ -132,8 +135,14 @@ def paired_gains(groups: dict[str, list[RunRecord]], baseline: str = BASELINE) -
             miou=[r.miou_last - b.miou_last for r, b in pairs],
             tail_miou=[r.tail_miou_last - b.tail_miou_last for r, b in pairs
                        if r.tail_miou_last is not None and b.tail_miou_last is not None],
-            baseline_spread=spread)
+            baseline_spread=spread,
+            same_cpu=sum(_cpu(r) is not None and _cpu(r) == _cpu(b) for r, b in pairs))
     return gains
+
+
+def _cpu(record: RunRecord) -> Optional[str]:
+    """The CPU kernel set in a run's stamp; None when unrecorded (runs made before it was)."""
+    return (record.code or {}).get("cpu")
 
 
 def _signed(values: Sequence[float]) -> str:
@@ -144,7 +153,7 @@ def paired_table(gains: dict[str, PairedGain], baseline: str = BASELINE) -> str:
     """Markdown: per method, the per-seed gains over the baseline and their mean ± std."""
     header = ["method", "paired seeds", f"mIoU − {baseline}, per seed", "mean ± std",
               f"tail mIoU − {baseline}, per seed", "mean ± std", "seeds better",
-              f"mean gain > {baseline}'s spread"]
+              f"mean gain > {baseline}'s spread", "pairs on one CPU kind"]
     lines = [_row(header), _row(["---"] * len(header))]
     for method, g in gains.items():
         if not g.seeds:
@@ -155,7 +164,7 @@ def paired_table(gains: dict[str, PairedGain], baseline: str = BASELINE) -> str:
                    f"{'yes' if g.beyond_spread else 'no'} ({PERCENT * spread:.2f})")
         lines.append(_row([method, ", ".join(map(str, g.seeds)), _signed(g.miou), Stat.of(g.miou).format(PERCENT, signed=True),
                            _signed(g.tail_miou), Stat.of(g.tail_miou).format(PERCENT, signed=True),
-                           f"{g.wins} of {len(g.seeds)}", verdict]))
+                           f"{g.wins} of {len(g.seeds)}", verdict, f"{g.same_cpu} of {len(g.seeds)}"]))
     return "\n".join(lines)
 
 
@@ -230,7 +239,10 @@ def bench_markdown(groups: dict[str, list[RunRecord]], protocol: dict[str, Any],
                   paired_table(gains), "",
                   f"Last checkpoint, mIoU points; each method's run minus {BASELINE}'s run with the same seed "
                   f"(seeds where either failed are left out). Mean gain > {BASELINE}'s spread: the mean per-seed "
-                  f"gain is larger than the sample std of {BASELINE}'s own mIoU over its seeds (in brackets).", ""]
+                  f"gain is larger than the sample std of {BASELINE}'s own mIoU over its seeds (in brackets). Pairs on one "
+                  f"CPU kind: both runs' stamps name the same CPU kernels (AVX2, AVX512, ...); a pair made on two kinds, "
+                  f"or before the kind was recorded, also compares two machines: the same config and seed can "
+                  f"drift by several points between them.", ""]
     if class_names:
         parts += ["## Per-class IoU (last checkpoint, %, mean over seeds; * = tail class)", "",
                   per_class_table(groups, class_names, tail_ids), ""]
