@@ -63,7 +63,7 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
     upward = []
     for module, targets in import_graph().items():
         for target in targets:
-            (mine, _), (theirs, prefix) = layer_of(module), layer_of(target)
+            (mine, _), (theirs, _) = layer_of(module), layer_of(target)
             if theirs > mine:
                 upward.append(f"{module} imports {target}")
     assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
