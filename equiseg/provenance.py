@@ -54,11 +54,16 @@ def code_stamp() -> dict[str, Any]:
             "cpu": torch.backends.cpu.get_cpu_capability(), "commit": _git_commit(PACKAGE_DIR.parent)}
 
 
+def same_cpu(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]]) -> bool:
+    """Both stamps name the same CPU kernels (unknown for stamps made before the CPU was recorded)."""
+    return bool(a and b and a.get("cpu") and a.get("cpu") == b.get("cpu"))
+
+
 def same_code(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]]) -> bool:
     """The same package source, torch version and CPU kernels. A run without a stamp (made before
     stamps existed), or without the CPU in it, is not known to match."""
-    return bool(a and b and a.get("source") and a.get("cpu")
-                and all(a.get(key) == b.get(key) for key in ("source", "torch", "cpu")))
+    return bool(same_cpu(a, b) and a.get("source") and a.get("source") == b.get("source")
+                and a.get("torch") == b.get("torch"))
 
 
 def describe(stamp: Optional[dict[str, Any]]) -> str:

@@ -46,7 +46,7 @@ MEMORY_NOTES = {
                "data-loader worker processes not included)",
 }
 KIB = 1024
-REUSED_OTHER_CODE = "reused (other code)"  # or the same code on other CPU kernels (provenance.py)
+REUSED_OTHER_CODE = "reused (other code)"  # other code, torch or CPU kernels: provenance.same_code
 
 
 @dataclass

@@ -13,6 +13,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
+from ..provenance import same_cpu
+
 PERCENT = 100.0
 GIB = 1024 ** 3
 SECONDS_PER_MINUTE = 60.0
@@ -136,13 +138,8 @@ def paired_gains(groups: dict[str, list[RunRecord]], baseline: str = BASELINE) -
             tail_miou=[r.tail_miou_last - b.tail_miou_last for r, b in pairs
                        if r.tail_miou_last is not None and b.tail_miou_last is not None],
             baseline_spread=spread,
-            same_cpu=sum(_cpu(r) is not None and _cpu(r) == _cpu(b) for r, b in pairs))
+            same_cpu=sum(same_cpu(r.code, b.code) for r, b in pairs))
     return gains
-
-
-def _cpu(record: RunRecord) -> Optional[str]:
-    """The CPU kernel set in a run's stamp; None when unrecorded (runs made before it was)."""
-    return (record.code or {}).get("cpu")
 
 
 def _signed(values: Sequence[float]) -> str:

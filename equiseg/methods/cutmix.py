@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+import torch
+
 from .base import StepOutput, register_method
 from .components import PseudoLabelConfig, TeacherStudentMethod, masked_mean, weighted_mean
 
@@ -22,7 +24,7 @@ class CutMixConfig(PseudoLabelConfig):
 class CutMix(TeacherStudentMethod):
     config_class = CutMixConfig
 
-    def student_view(self, unlabeled: dict):
+    def student_view(self, unlabeled: dict) -> torch.Tensor:
         """The unlabeled images the student's CutMix is made of: the weak view the teacher labels."""
         return unlabeled["image"]
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from pydantic import Field
 
 from .base import register_method
@@ -37,6 +39,6 @@ class FixMatch(CutMix):
     config_class = FixMatchConfig
     strong_view = True
 
-    def student_view(self, unlabeled: dict):
+    def student_view(self, unlabeled: dict) -> torch.Tensor:
         """The strong view: photometric augmentation of the weak crop, from the data pipeline."""
         return unlabeled["image_strong"]
