@@ -356,3 +356,24 @@ def test_partial_label_loss_on_hand_computed_sets():
         method, _, labeled, unlabeled = make_method("cutmix", seed=3, partial_label_threshold=epsilon)
         losses[epsilon] = method.training_step(*batches(labeled, unlabeled, 0), 0).logs["loss_unsup"]
     assert torch.allclose(losses[0.999], losses[None]) and losses[0.05] < losses[None] - 1e-3
+
+
+def test_fixmatch_strong_view_comes_from_its_config(data_root, tmp_path):  # noqa: F811
+    off = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
+    raw = tiny_config(data_root, tmp_path, method="fixmatch", method__strong_view=off)
+    sample = Trainer(validate_config(raw), tmp_path / "off").data.unlabeled[0]
+    assert torch.equal(sample["image_strong"], sample["image"])  # no photometric op left
+    raw = tiny_config(data_root, tmp_path, method="fixmatch", method__strong_view={**off, "grayscale_p": 1.0})
+    strong = Trainer(validate_config(raw), tmp_path / "gray").data.unlabeled[0]["image_strong"]
+    assert not torch.equal(strong, sample["image"])
+    # Grayscale: the three channels hold one luma, so after per-channel normalisation they are
+    # affine images of each other.
+    r, g = strong[0].flatten(), strong[1].flatten()
+    assert torch.corrcoef(torch.stack([r, g]))[0, 1] > 0.999
+    default = validate_config({"method": {"name": "fixmatch"}}).method.strong_view
+    assert (default.jitter_p, default.jitter, default.grayscale_p, default.blur_p, default.blur_sigma) == \
+        (0.8, (0.5, 0.5, 0.5, 0.25), 0.2, 0.5, (0.1, 2.0))  # UniMatch's recipe
+    with pytest.raises(ConfigError, match="hue's at most 0.5"):
+        validate_config({"method": {"name": "fixmatch", "strong_view": {"jitter": [0.5, 0.5, 0.5, 0.6]}}})
+    with pytest.raises(ConfigError, match="blur_sigme"):
+        validate_config({"method": {"name": "fixmatch", "strong_view": {"blur_sigme": [0.1, 1.0]}}})

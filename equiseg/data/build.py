@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..errors import DataError
 from ..run_layout import RunLayout
@@ -28,7 +28,7 @@ from .io import Pair
 from .list_dataset import ListDataset
 from .spec import DatasetSpec
 from .splits import complement, import_split, make_split, write_split
-from .transforms import eval_transform, train_transform
+from .transforms import PhotometricAug, eval_transform, train_transform
 
 log = logging.getLogger("equiseg")
 
@@ -97,13 +97,14 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def build_run_data(cfg: Any, strong_view: bool = False, needs_unlabeled: bool = False,
+def build_run_data(cfg: Any, strong_view: Union[bool, PhotometricAug] = False, needs_unlabeled: bool = False,
                    run_dir: Optional[Path] = None) -> RunData:
     """Datasets for a run; with ``run_dir`` the split is also written to ``run_dir/split``.
 
     Args:
         cfg: the run config (``cfg.data``; ``cfg.method.name`` for messages).
-        strong_view: unlabeled samples carry ``image_strong``.
+        strong_view: unlabeled samples carry ``image_strong`` (made by this augment when it is one,
+            else by the default strong photometric view).
         needs_unlabeled: build the unlabeled dataset (an error when there is no unlabeled data).
         run_dir: where to write ``split/`` (labeled.txt, unlabeled.txt, split.json).
     """

@@ -147,7 +147,7 @@ class Trainer:
         seed_everything(cfg.run.seed, self.dist.rank, cfg.run.deterministic)
 
         self.method_cls: type[Method] = METHODS.get(cfg.method.name)
-        self.data: RunData = build_run_data(cfg, strong_view=self.method_cls.strong_view,
+        self.data: RunData = build_run_data(cfg, strong_view=self.method_cls.unlabeled_view(cfg.method),
                                             needs_unlabeled=self.method_cls.uses_unlabeled,
                                             run_dir=self.run_dir if self.dist.is_main else None)
         if val_dataset is not None:

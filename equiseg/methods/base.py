@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from torch import nn
 
 from ..config import MethodConfig
+from ..data.transforms import PhotometricAug
 from ..registry import METHODS
 
 
@@ -201,8 +202,9 @@ class StepOutput:
 class Method(nn.Module):
     config_class: ClassVar[type[MethodConfig]]
     uses_unlabeled: ClassVar[bool] = False
-    strong_view: ClassVar[bool] = False
-    """Whether unlabeled samples need a strongly augmented view (``image_strong``)."""
+    strong_view: ClassVar[Union[bool, PhotometricAug]] = False
+    """Whether unlabeled samples need a strongly augmented view (``image_strong``), or the
+    photometric augment that makes it (HagSeg's intensity pool); see :meth:`unlabeled_view`."""
 
     per_class_logs: ClassVar[tuple[PerClassLog, ...]] = ()
     """Per-class series the report draws (AEL: its confidence bank)."""
@@ -210,6 +212,12 @@ class Method(nn.Module):
     """Offline multi-round methods (DST-CBC) set this to ``f(cfg, run_dir, env) -> RoundPlan``
     (``env``: a :class:`RoundEnv`); the engine (``engine/run.py``) then runs the rounds instead of
     one trainer run."""
+
+    @classmethod
+    def unlabeled_view(cls, cfg: MethodConfig) -> Union[bool, PhotometricAug]:
+        """The ``strong_view`` the data pipeline gives the unlabeled samples under this method's
+        options (a method whose view is configurable overrides this)."""
+        return cls.strong_view
 
     @classmethod
     def iteration_budget(cls, method_cfg: dict, iterations_per_run: int) -> tuple[int, str]:

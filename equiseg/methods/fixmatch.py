@@ -9,7 +9,8 @@ normalised by every valid pixel, so dropped pixels lower it. L = L_s + α L_u.
 So FixMatch is CutMix-Seg (cutmix.py) with two defaults changed (τ, the normaliser) and the
 photometric strong view, instead of the weak one, under the student's CutMix: one step, written once.
 The teacher is the EMA teacher of the other methods; ``ema_momentum: 0`` makes it the current
-student, i.e. the original FixMatch's self-labelling.
+student, i.e. the original FixMatch's self-labelling. ``strong_view`` sets the photometric view's
+strengths (UniMatch's recipe by default).
 """
 from __future__ import annotations
 
@@ -17,13 +18,44 @@ from typing import Literal
 
 import torch
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from ..config import Section
+from ..data.augment import BLUR_P, BLUR_SIGMA, GRAYSCALE_P, JITTER_P, JITTER_STRENGTH, StrongPhotometric
 from .base import register_method
 from .components import LossDenominator, PseudoLabelConfig
 from .cutmix import CutMix
 
 FIXMATCH_THRESHOLD = 0.95
+
+
+class StrongViewConfig(Section):
+    """The photometric strong view (UniMatch / FixMatch-seg recipe by default). Its sigmas are in
+    pixels of the images as loaded, so at ``data.image_scale`` 0.5 the same sigma blurs twice as
+    much of the scene as at full resolution."""
+
+    jitter_p: float = Field(JITTER_P, ge=0, le=1)
+    """Probability of colour jitter."""
+    jitter: tuple[float, float, float, float] = JITTER_STRENGTH
+    """Strengths of brightness, contrast, saturation (factors in [1 - s, 1 + s]) and hue (a shift of
+    at most this fraction of the colour circle), as torchvision's ColorJitter."""
+    grayscale_p: float = Field(GRAYSCALE_P, ge=0, le=1)
+    """Probability of turning the image grayscale."""
+    blur_p: float = Field(BLUR_P, ge=0, le=1)
+    """Probability of a Gaussian blur."""
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
+    """Range the blur's sigma (pixels) is drawn from."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "StrongViewConfig":
+        if any(s < 0 for s in self.jitter) or self.jitter[3] > 0.5:
+            raise ValueError(f"jitter strengths must be >= 0 and the hue's at most 0.5, got {list(self.jitter)}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {list(self.blur_sigma)}")
+        return self
+
+    def build(self) -> StrongPhotometric:
+        return StrongPhotometric(self.jitter_p, self.jitter, self.grayscale_p, self.blur_p, self.blur_sigma)
 
 
 class FixMatchConfig(PseudoLabelConfig):
@@ -32,12 +64,18 @@ class FixMatchConfig(PseudoLabelConfig):
     """τ: pixels whose weak-view confidence is below it are left out of L_u."""
     loss_denominator: LossDenominator = "valid"
     """FixMatch's 1/|Ω|: every valid pixel counts in L_u's denominator."""
+    strong_view: StrongViewConfig = StrongViewConfig()
+    """The student's photometric view of the unlabeled images."""
 
 
 @register_method
 class FixMatch(CutMix):
     config_class = FixMatchConfig
     strong_view = True
+
+    @classmethod
+    def unlabeled_view(cls, cfg: FixMatchConfig) -> StrongPhotometric:
+        return cfg.strong_view.build()
 
     def student_view(self, unlabeled: dict) -> torch.Tensor:
         """The strong view: photometric augmentation of the weak crop, from the data pipeline."""
