@@ -290,6 +290,14 @@ def test_tiny_bench_trains_tabulates_then_reuses(data_root, tmp_path, capsys, mo
     md = (out / "bench.md").read_text()
     assert "## Step time" in md and "| method | ms/step | x supervised | x cutmix | data ms |" in md
 
+    # --reuse-only: a table from finished runs found elsewhere; a missing run stops it before any training.
+    elsewhere = [*args[:-3], str(tmp_path / "table"), "--reuse-from", str(out), "--reuse-only"]
+    assert cli(elsewhere) == 0 and capsys.readouterr().out.count("seed 0: reusing") == 2
+    assert cli([*elsewhere, "--seeds", "0,1"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished run with the planned config for supervised seed 1, cutmix seed 1" in err
+    assert "nothing was trained" in err and not (tmp_path / "table" / "supervised_seed1").exists()
+
     # An interrupted run (a checkpoint, no results.json) is resumed, not restarted (in this process,
     # to spare a spawn: the subprocess path ran above).
     def train_here(run, resume, threads=None):

@@ -61,6 +61,9 @@ class BenchOptions:
     overrides: list[str] = field(default_factory=list)
     reuse_from: list[Path] = field(default_factory=list)
     """Folders whose run folders may stand in for bench runs (e.g. ``runs/``)."""
+    reuse_only: bool = False
+    """Train nothing: every planned run must already be finished (in its bench folder or in
+    ``reuse_from``), else the bench stops before writing a table."""
     jobs: int = 1
     """How many runs train at once (each in its own process). On a CPU, each gets
     ``cpu_count // jobs`` threads: on 2 cores, two single-threaded runs finish sooner than one run
@@ -182,12 +185,29 @@ def _state_of(run: PlannedRun) -> RunState:
     return state
 
 
+def finished_run(run: PlannedRun, reuse_from: Sequence[Path]) -> Optional[Path]:
+    """The finished run folder that stands for ``run``: its own bench folder, else an identical
+    run in ``reuse_from`` (not when its own folder holds an interrupted run, which is resumed)."""
+    state = _state_of(run)
+    if state is RunState.FINISHED:
+        return run.run_dir
+    return find_finished_run(run.cfg, reuse_from) if state is RunState.ABSENT else None
+
+
+def check_reusable(runs: Sequence[PlannedRun], reuse_from: Sequence[Path]) -> None:
+    """``--reuse-only``: every planned run is finished somewhere, or a one-line error names the
+    missing ones."""
+    missing = [f"{run.label} seed {run.seed}" for run in runs if finished_run(run, reuse_from) is None]
+    if missing:
+        where = ", ".join(str(p) for p in [runs[0].run_dir.parent, *reuse_from])
+        raise ConfigError(f"bench --reuse-only: no finished run with the planned config for {', '.join(missing)} "
+                          f"(looked in {where}); nothing was trained")
+
+
 def execute(run: PlannedRun, reuse_from: Sequence[Path], threads: Optional[int] = None) -> RunRecord:
     """Reuse, resume or train one planned run; the record of its numbers."""
     state = _state_of(run)
-    found = run.run_dir if state is RunState.FINISHED else None
-    if found is None and state is RunState.ABSENT:
-        found = find_finished_run(run.cfg, reuse_from)
+    found = finished_run(run, reuse_from)
     if found is not None:
         return reuse(run, found)
     resume = None
@@ -329,6 +349,8 @@ def step_profile(runs: Sequence[PlannedRun], options: BenchOptions) -> tuple[str
 def run_bench(options: BenchOptions) -> list[RunRecord]:
     runs = plan(options)
     check_folders(runs)
+    if options.reuse_only:
+        check_reusable(runs, options.reuse_from)
     if options.jobs < 1:
         raise ConfigError(f"bench: --jobs must be at least 1, got {options.jobs}")
     threads = max(1, (os.cpu_count() or 1) // options.jobs) if options.jobs > 1 else None

@@ -234,7 +234,7 @@ def cmd_bench(args) -> int:
                                                ("profile_warmup", args.profile_warmup)) if value is not None}
     options = BenchOptions(out=Path(args.out), preset=args.preset, methods=args.methods, configs=args.configs,
                            seeds=args.seeds, eval_list=args.eval_list, overrides=args.overrides,
-                           reuse_from=[Path(d) for d in args.reuse_from], jobs=args.jobs,
+                           reuse_from=[Path(d) for d in args.reuse_from], reuse_only=args.reuse_only, jobs=args.jobs,
                            step_profile=args.step_profile,
                            **profiling)
     records = run_bench(options)

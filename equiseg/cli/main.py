@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides for every method, e.g. optim.iterations=100 data.root=/data/camvid")
     p.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
                    help="also reuse identical finished runs found in the run folders inside DIR (e.g. runs)")
+    p.add_argument("--reuse-only", action="store_true",
+                   help="train nothing: write the table from finished runs (in --out or --reuse-from), "
+                        "and stop with an error naming any run that has none")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N runs at once, each in its own process (on a CPU with cpu_count/N threads each); "
                         "default 1")
