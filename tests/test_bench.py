@@ -154,8 +154,18 @@ def test_run_state_reuses_only_an_identical_config(data_root, tmp_path):
     # Where it was written, loader processes, logging: same results, still reused.
     neutral = validate_config(tiny_config(data_root, tmp_path / "elsewhere", iterations=BENCH_ITERATIONS,
                                           run__name="other", data__num_workers=3, train__log_every=7,
-                                          train__progress_bar=True))
+                                          train__progress_bar=True, train__sample_every=3))
     assert run_state(neutral, run_dir) == (RunState.FINISHED, [])
+    # A labeled-only method never reads the unlabeled batch size (a DST-CBC round 0 is a supervised run)...
+    round0 = validate_config(tiny_config(data_root, tmp_path / "bench", iterations=BENCH_ITERATIONS,
+                                         data__unlabeled_batch_size=2))
+    assert run_state(round0, run_dir) == (RunState.FINISHED, [])
+    # ... a semi-supervised one does.
+    semi_dir = _finished_run(tmp_path / "semi" / "t", validate_config(
+        tiny_config(data_root, tmp_path / "semi", method="cutmix", iterations=BENCH_ITERATIONS)))
+    semi = validate_config(tiny_config(data_root, tmp_path / "semi", method="cutmix", iterations=BENCH_ITERATIONS,
+                                       data__unlabeled_batch_size=2))
+    assert run_state(semi, semi_dir) == (RunState.DIFFERENT, ["data.unlabeled_batch_size"])
     changed = validate_config(tiny_config(data_root, tmp_path / "bench", iterations=BENCH_ITERATIONS,
                                           optim__lr=0.5, run__seed=4))
     assert run_state(changed, run_dir) == (RunState.DIFFERENT, ["optim.lr", "run.seed"])

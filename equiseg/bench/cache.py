@@ -19,13 +19,18 @@ import yaml
 
 from ..config import Config, validate_config
 from ..errors import EquisegError
+from ..registry import METHODS
 from ..run_layout import CONFIG_FILE, RESULTS_FILE, SPLIT_DIR, TENSORBOARD_DIR, TRAIN_LOG, RunLayout
 
 log = logging.getLogger("equiseg")
 
 RESULT_NEUTRAL_KEYS = ("run.output_dir", "run.name", "data.num_workers", "train.progress_bar", "train.log_every",
-                       "train.pseudo_label_audit")
-"""Config keys that do not change a run's results."""
+                       "train.sample_every", "train.pseudo_label_audit")
+"""Config keys that do not change a run's results (the TensorBoard samples are drawn in eval mode
+with the random state preserved, like evaluations)."""
+LABELED_ONLY_NEUTRAL_KEYS = ("data.unlabeled_batch_size",)
+"""Keys that do not change the results of a method that trains on labeled images only (so a
+DST-CBC round 0, a supervised run, can stand in for the supervised baseline)."""
 STARTUP_ARTEFACTS = {SPLIT_DIR, TRAIN_LOG, TENSORBOARD_DIR}
 """What a trainer writes before config.yaml: a folder holding only these is a start that crashed."""
 
@@ -81,7 +86,10 @@ def config_differences(cfg: Config, run_dir: Path) -> Optional[list[str]]:
     saved = saved_config(run_dir)
     if saved is None:
         return None
-    return differences(comparable(saved), comparable(cfg.model_dump(mode="json")))
+    ignored = RESULT_NEUTRAL_KEYS
+    if not METHODS.get(cfg.method.name).uses_unlabeled:
+        ignored += LABELED_ONLY_NEUTRAL_KEYS
+    return differences(comparable(saved, ignored), comparable(cfg.model_dump(mode="json"), ignored))
 
 
 def run_state(cfg: Config, run_dir: Path) -> tuple[RunState, list[str]]:
