@@ -325,3 +325,12 @@ def test_teacher_probe_counts_every_unlabeled_pixel_of_a_class(data_root, tmp_pa
         block = out.split(f"true {name}:")[1].split("true ")[0]
         shares = [float(line.split()[2]) for line in block.splitlines() if line.strip().startswith("predicted")]
         assert sum(shares) == pytest.approx(100, abs=0.5)   # every pixel is predicted as some class
+    # --thresholds: at t = 0 a class's recall is the share of its pixels predicted as it; above 1, none.
+    assert probe.main([str(tmp_path / "r"), "--classes", "road", "--min-share", "0", "--thresholds", "0,1.01"]) == 0
+    out = capsys.readouterr().out
+    block = out.split("true road:")[1].split("pseudo-labels")[0]
+    as_road = [float(line.split()[2]) for line in block.splitlines() if line.strip().startswith("predicted road")]
+    cells = out.split("pseudo-labels 'argmax where max p >= t'")[1].split("road", 1)[1].split("t ")[1:]
+    recall_at_0 = float(cells[0].split("/")[1])
+    assert recall_at_0 == pytest.approx(as_road[0] if as_road else 0.0, abs=0.11)
+    assert cells[1].split(":")[1].split() == ["0.0", "/", "0.0"]
