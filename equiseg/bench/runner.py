@@ -185,10 +185,10 @@ def _state_of(run: PlannedRun) -> RunState:
     return state
 
 
-def finished_run(run: PlannedRun, reuse_from: Sequence[Path]) -> Optional[Path]:
-    """The finished run folder that stands for ``run``: its own bench folder, else an identical
-    run in ``reuse_from`` (not when its own folder holds an interrupted run, which is resumed)."""
-    state = _state_of(run)
+def finished_run(run: PlannedRun, state: RunState, reuse_from: Sequence[Path]) -> Optional[Path]:
+    """The finished run folder that stands for ``run`` (its own folder in ``state``): that folder,
+    else an identical run in ``reuse_from`` (not when its own folder holds an interrupted run,
+    which is resumed)."""
     if state is RunState.FINISHED:
         return run.run_dir
     return find_finished_run(run.cfg, reuse_from) if state is RunState.ABSENT else None
@@ -197,7 +197,7 @@ def finished_run(run: PlannedRun, reuse_from: Sequence[Path]) -> Optional[Path]:
 def check_reusable(runs: Sequence[PlannedRun], reuse_from: Sequence[Path]) -> None:
     """``--reuse-only``: every planned run is finished somewhere, or a one-line error names the
     missing ones."""
-    missing = [f"{run.label} seed {run.seed}" for run in runs if finished_run(run, reuse_from) is None]
+    missing = [f"{run.label} seed {run.seed}" for run in runs if finished_run(run, _state_of(run), reuse_from) is None]
     if missing:
         where = ", ".join(str(p) for p in [runs[0].run_dir.parent, *reuse_from])
         raise ConfigError(f"bench --reuse-only: no finished run with the planned config for {', '.join(missing)} "
@@ -207,7 +207,7 @@ def check_reusable(runs: Sequence[PlannedRun], reuse_from: Sequence[Path]) -> No
 def execute(run: PlannedRun, reuse_from: Sequence[Path], threads: Optional[int] = None) -> RunRecord:
     """Reuse, resume or train one planned run; the record of its numbers."""
     state = _state_of(run)
-    found = finished_run(run, reuse_from)
+    found = finished_run(run, state, reuse_from)
     if found is not None:
         return reuse(run, found)
     resume = None

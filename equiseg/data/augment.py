@@ -110,8 +110,10 @@ class StrongPhotometric:
         for name, p in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p), ("blur_p", blur_p)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be a probability, got {p}")
+        if any(s < 0 for s in jitter) or jitter[3] > 0.5:
+            raise ValueError(f"jitter strengths must be >= 0 and the hue's at most 0.5, got {list(jitter)}")
         if not 0 < blur_sigma[0] <= blur_sigma[1]:
-            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {blur_sigma}")
+            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {list(blur_sigma)}")
         self.jitter_p, self.jitter = jitter_p, tuple(jitter)
         self.grayscale_p, self.blur_p, self.blur_sigma = grayscale_p, blur_p, tuple(blur_sigma)
 

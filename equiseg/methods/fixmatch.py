@@ -48,10 +48,7 @@ class StrongViewConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "StrongViewConfig":
-        if any(s < 0 for s in self.jitter) or self.jitter[3] > 0.5:
-            raise ValueError(f"jitter strengths must be >= 0 and the hue's at most 0.5, got {list(self.jitter)}")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {list(self.blur_sigma)}")
+        self.build()  # the augment checks its own arguments (ValueError: a config error naming them)
         return self
 
     def build(self) -> StrongPhotometric:
