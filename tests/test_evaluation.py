@@ -19,6 +19,7 @@ from equiseg.evaluation import (
     ConfusionMatrix,
     EvalResult,
     center_crop,
+    class_confusions,
     collect_samples,
     colorize,
     denormalize,
@@ -146,6 +147,25 @@ def test_confusion_matrix_matches_hand_computation():
     assert r.tail_miou == pytest.approx(1 / 2)
     assert r.head_miou == pytest.approx((1 / 2 + 2 / 3) / 2)  # 7/12
     assert r.num_pixels == 7
+
+
+def test_class_confusions_read_rows_and_columns():
+    # rows = truth, columns = prediction; class 2 is predicted but never true, class 3 is absent.
+    mat = np.array([[8, 2, 0, 0],
+                    [1, 5, 4, 0],
+                    [0, 0, 0, 0],
+                    [0, 0, 0, 0]])
+    zero, one, two, three = class_confusions(mat, top=2)
+    assert (zero.recall, zero.precision) == (8 / 10, 8 / 9)
+    assert zero.missed_as == ((1, 2 / 10),) and zero.false_from == ((1, 1 / 9),)  # shares of 0 left out
+    assert (one.recall, one.precision) == (5 / 10, 5 / 7)
+    assert one.missed_as == ((2, 4 / 10), (0, 1 / 10))                          # largest first
+    assert one.false_from == ((0, 2 / 7),)
+    assert math.isnan(two.recall) and two.precision == 0 and two.false_from == ((1, 1.0),)
+    assert math.isnan(three.recall) and math.isnan(three.precision) and three.missed_as == three.false_from == ()
+    assert class_confusions(mat, top=1)[1].missed_as == ((2, 4 / 10),)
+    with pytest.raises(ValueError, match="square"):
+        class_confusions(np.zeros((2, 3)))
 
 
 def test_ignore_pixels_do_not_count():

@@ -82,6 +82,19 @@ def test_report_of_an_ael_run_shows_its_files(ael_run, tmp_path):
         assert (f"{name} *" in per_class) == (c in tails)
     assert f"<td>mIoU</td><td></td><td class=num>{pct(last['miou'])}</td>" in per_class
     assert f"<td class=num>{pct(last['tail_miou'])}</td>" in per_class
+    # Where each class's pixels go: recall and precision from the last confusion matrix, by hand.
+    matrix = np.asarray(last["confusion"], dtype=float)
+    assert f"Where each class's pixels go (iteration {AEL_ITERATIONS})" in per_class
+    for c, name in enumerate(names):
+        truth, predicted = matrix[c].sum(), matrix[:, c].sum()
+        recall = pct(matrix[c, c] / truth if truth else None)
+        precision = pct(matrix[c, c] / predicted if predicted else None)
+        assert f"<td>{name}</td><td>{'*' if c in tails else ''}</td><td class=num>{recall}</td>" \
+               f"<td class=num>{precision}</td>" in per_class, name
+    worst = int(np.argmax(matrix.sum(1) - np.diag(matrix)))                    # the class with most misses
+    missed = matrix[worst].copy()
+    missed[worst] = -1
+    assert f"{names[int(np.argmax(missed))]} {pct(missed.max() / matrix[worst].sum())} %" in per_class
     # ... and the reported model's per-class val IoU at every evaluation, the last one at the right.
     assert f"Val IoU per class over training ({last['model']})" in per_class
     for c, name in enumerate(names):

@@ -10,13 +10,15 @@ from .inference import (
     sliding_windows,
     window_starts,
 )
-from .metrics import ConfusionMatrix, EvalResult
+from .metrics import ClassConfusion, ConfusionMatrix, EvalResult, class_confusions
 from .visualize import colorize, denormalize, make_grid, sample_grid, sample_row, save_prediction
 
 __all__ = [
+    "ClassConfusion",
     "ConfusionMatrix",
     "EvalResult",
     "center_crop",
+    "class_confusions",
     "center_crop_box",
     "collate_samples",
     "collect_samples",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -238,6 +238,42 @@ class ConfusionMatrix:
             num_pixels=int(total),
             confusion=mat,
         )
+
+
+@dataclass(frozen=True)
+class ClassConfusion:
+    """Where one class's pixels go: the row and the column of class c in the confusion matrix.
+    Shares are fractions; NaN where the class has no true (recall) or no predicted (precision) pixel."""
+
+    recall: float
+    """TP / true pixels of c."""
+    precision: float
+    """TP / pixels predicted c."""
+    missed_as: tuple[tuple[int, float], ...]
+    """The other classes with the largest shares of c's true pixels (class id, share), largest first."""
+    false_from: tuple[tuple[int, float], ...]
+    """The true classes with the largest shares of the pixels predicted c (class id, share)."""
+
+
+def class_confusions(confusion: Union[np.ndarray, Sequence[Sequence[int]]], top: int = 2) -> list[ClassConfusion]:
+    """Per class, recall, precision and its ``top`` largest confusions both ways (shares of zero
+    left out). It shows what an IoU alone hides: two rare classes trading pixels, e.g. a rider
+    predicted as a pedestrian lowers one class's recall and the other's precision."""
+    mat = np.asarray(confusion, dtype=np.float64)
+    if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
+        raise ValueError(f"a confusion matrix is square, got shape {mat.shape}")
+    truth, predicted, tp = mat.sum(axis=1), mat.sum(axis=0), np.diag(mat)
+
+    def largest(counts: np.ndarray, total: float, c: int) -> tuple[tuple[int, float], ...]:
+        if total <= 0:
+            return ()
+        order = [k for k in np.argsort(-counts, kind="stable") if k != c and counts[k] > 0]
+        return tuple((int(k), float(counts[k] / total)) for k in order[:top])
+
+    return [ClassConfusion(recall=float(tp[c] / truth[c]) if truth[c] > 0 else math.nan,
+                           precision=float(tp[c] / predicted[c]) if predicted[c] > 0 else math.nan,
+                           missed_as=largest(mat[c], truth[c], c), false_from=largest(mat[:, c], predicted[c], c))
+            for c in range(len(mat))]
 
 
 def _nanmean(values: np.ndarray) -> float:

@@ -4,18 +4,20 @@ Inline CSS, inline SVG charts and base64 PNG pictures: the file opens offline an
 or attached to an issue as it is. Sections appear when the run logged what they show:
 
 summary (method, data, protocol, results, speed) · curves (loss, LR, val mIoU) · per-class IoU
-(last and best, tail classes marked) · AEL's confidence bank · pseudo-label quality per class
+(last and best, tail classes marked; recall, precision and the largest confusions of each class) · AEL's confidence bank · pseudo-label quality per class
 (the audit of the unlabeled loss's targets against the unlabeled masks) · HagSeg's hardness · DST-CBC's
 pseudo-labels per round · step time · input / ground truth / prediction pictures.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from html import escape
 from pathlib import Path
 from typing import Optional, Union
 
 from ..engine.timing import SECTIONS
+from ..evaluation.metrics import class_confusions
 from ..evaluation.pseudo_label_audit import AUDIT_RECORD, PER_CLASS_KEYS, SUMMARY_KEYS
 from ..registry import METHODS
 from ..run_layout import REPORT_FILE
@@ -27,6 +29,8 @@ from .samples import DEFAULT_NUM_IMAGES, SampleGrid, try_render_samples
 LOSS_PREFIX = "loss_"
 TIMING_KEY = "time_ms"
 DATA_SECTION = "data"
+CONFUSIONS_SHOWN = 2
+"""Largest confusions listed per class, each way."""
 MIN_PICTURE_WIDTH = 640
 """Display pixels: tiny pictures (synthetic data) are shown enlarged by a whole factor, pixels crisp."""
 
@@ -177,7 +181,37 @@ def per_class_section(run: RunFolder) -> str:
     table = _table(["class", "tail", "last IoU %", "best IoU %"], rows, numeric_from=2, row_classes=classes)
     note = ('<p class="note">Tail classes (the dataset\'s rare classes, reported as tail mIoU) are marked * and '
             "tinted. A class absent from both ground truth and predictions has no IoU (n/a).</p>")
-    return _section("per-class", "Per-class IoU", chart + note + table + _per_class_over_training(run))
+    return _section("per-class", "Per-class IoU",
+                    chart + note + table + _confusions_table(run) + _per_class_over_training(run))
+
+
+def _confusions_table(run: RunFolder) -> str:
+    """Recall, precision and the largest confusions of every class at the last checkpoint (from its
+    confusion matrix in results.json): which classes trade pixels, which an IoU alone hides."""
+    last = run.last or {}
+    if last.get("confusion") is None:
+        return ""
+    names, tails = run.class_names(), set(run.tail_ids())
+    confusions = class_confusions(last["confusion"], top=CONFUSIONS_SHOWN)
+    if len(confusions) != len(names):
+        return ""
+
+    def shares(pairs) -> str:
+        return ", ".join(f"{escape(names[k])} {pct(share)} %" for k, share in pairs) or "none"
+
+    rows = [[escape(name), "*" if c in tails else "", pct(_finite(conf.recall)), pct(_finite(conf.precision)),
+             shares(conf.missed_as), shares(conf.false_from)] for c, (name, conf) in enumerate(zip(names, confusions))]
+    table = _table(["class", "tail", "recall %", "precision %", "its pixels predicted as", "predicted it, truly"],
+                   rows, numeric_from=2, row_classes=["tail" if c in tails else "" for c in range(len(names))])
+    return (f"<h3>Where each class's pixels go ({escape(where(last, last.get('iteration')))})</h3>"
+            '<p class="note">Rows of the val confusion matrix: the share of a class\'s true pixels predicted as '
+            "each other class (its misses), and of the pixels predicted as the class, the share truly of another "
+            "(its false positives). Two rare classes trading pixels (a rider predicted as a pedestrian) lower "
+            "one's recall and the other's precision.</p>" + table)
+
+
+def _finite(value: float) -> Optional[float]:
+    return None if math.isnan(value) else value
 
 
 def _per_class_over_training(run: RunFolder) -> str:
