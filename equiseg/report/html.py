@@ -4,9 +4,10 @@ Inline CSS, inline SVG charts and base64 PNG pictures: the file opens offline an
 or attached to an issue as it is. Sections appear when the run logged what they show:
 
 summary (method, data, protocol, results, speed) · curves (loss, LR, val mIoU) · per-class IoU
-(last and best, tail classes marked; recall, precision and the largest confusions of each class) · AEL's confidence bank · pseudo-label quality per class
-(the audit of the unlabeled loss's targets against the unlabeled masks) · HagSeg's hardness · DST-CBC's
-pseudo-labels per round · step time · input / ground truth / prediction pictures.
+(last and best, tail classes marked; each class's recall, precision and largest confusions) · AEL's
+confidence bank · pseudo-label quality per class (the audit of the unlabeled loss's targets against
+the unlabeled masks) · HagSeg's hardness · DST-CBC's pseudo-labels per round · step time · input /
+ground truth / prediction pictures.
 """
 from __future__ import annotations
 
