@@ -128,6 +128,29 @@ def test_report_of_an_ael_run_shows_its_files(ael_run, tmp_path):
     assert samples.count("data:image/png;base64,") == 1 and all(name in samples for name in names)
 
 
+def test_confusions_script_reads_pairs_from_results(ael_run, tmp_path, capsys):
+    """benchmarks/confusions.py: per run, the share of A's true pixels predicted as B, from results.json."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "confusions.py"
+    spec = importlib.util.spec_from_file_location("confusions", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    last = json.loads((ael_run / "results.json").read_text())["last"]
+    names, matrix = last["class_names"], np.asarray(last["confusion"], dtype=float)
+    a, b = names[0], names[3]
+    assert script.main([str(ael_run), str(tmp_path), "--classes", f"{a},{b}"]) == 0   # tmp_path: no results, skipped
+    captured = capsys.readouterr()
+    assert "no results.json, skipped" in captured.err
+    row = captured.out.splitlines()[1].split()
+    assert row[0] == ael_run.name and len(row) == 1 + 3 * 2 + 2
+    i, j = names.index(a), names.index(b)
+    assert float(row[-2]) == pytest.approx(100 * matrix[i, j] / matrix[i].sum(), abs=0.051)
+    assert float(row[-1]) == pytest.approx(100 * matrix[j, i] / matrix[j].sum(), abs=0.051)
+    assert float(row[2]) == pytest.approx(100 * matrix[i, i] / matrix[i].sum(), abs=0.051)   # a's recall
+    with pytest.raises(SystemExit):
+        script.main([str(ael_run), "--classes", "nosuchclass"])
+
+
 def test_report_cli_defaults_and_errors(ael_run, tmp_path, capsys):
     run_dir = tmp_path / "copy"
     shutil.copytree(ael_run, run_dir)
