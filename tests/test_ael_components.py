@@ -9,6 +9,7 @@ import torch
 from equiseg.methods.components import (ClassPresenceBank, ConfidenceBank, class_region_masks,
                                         connected_components, copy_paste_mask, equalization_sampling_mask,
                                         large_scale_jitter, paste, reweighting_weights, weighted_mean)
+from equiseg.methods.components.mixing import foot_pixels, ground_below, shift
 from equiseg.methods.components.losses import Ohem, ohem_cross_entropy, pixel_cross_entropy
 
 IGNORE = 255
@@ -229,6 +230,24 @@ def test_copy_paste_moves_exactly_the_sampled_classes():
     assert torch.equal(out["label"][moved], source_label[moved])
     assert torch.equal(out["image"].permute(0, 2, 3, 1)[moved], source["image"].permute(0, 2, 3, 1)[moved])
     assert (out["label"][~moved] == 0).all() and (out["image"].permute(0, 2, 3, 1)[~moved] == 0).all()
+
+
+def test_ground_below_foot_pixels_and_shift():
+    label = torch.tensor([[0, 0, 0],
+                          [5, 0, 0],
+                          [5, 1, 2],
+                          [1, 1, 2]])
+    inside = label == 5
+    # The first class below each pixel outside ``inside``; the bottom row has none.
+    assert ground_below(label, inside, 3, IGNORE).tolist() == [[1, 0, 0], [1, 1, 2], [1, 1, 2], [IGNORE] * 3]
+    assert ground_below(label, inside, 1, IGNORE)[0, 0] == IGNORE            # beyond reach: the object itself
+    assert foot_pixels(inside).tolist() == [[False] * 3, [False] * 3, [True, False, False], [False] * 3]
+    sample = {"image": label[None].float().expand(3, 4, 3).clone(), "label": label, "valid": torch.ones(4, 3, dtype=torch.bool)}
+    moved = shift(sample, 1, -1, IGNORE)
+    assert moved["label"].tolist() == [[IGNORE] * 3, [0, 0, IGNORE], [0, 0, IGNORE], [1, 2, IGNORE]]
+    assert moved["valid"].tolist() == [[False] * 3, [True, True, False], [True, True, False], [True, True, False]]
+    assert torch.equal(moved["image"][0][1:, :2], label[:3, 1:].float()) and (moved["image"][:, 0] == 0).all()
+    assert (shift(sample, 4, 0, IGNORE)["label"] == IGNORE).all()          # shifted off the canvas
 
 
 def test_large_scale_jitter_scales_and_pads():

@@ -26,8 +26,9 @@ OFFICIAL = dict(ohem=True, ohem_min_kept=50, labeled_consistency=True, aes_class
                 acp_source="random", confidence_threshold=0.3, acm_presence_ratio=0.01)
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OFF, OFFICIAL, {"indicator": "margin"}, {"indicator": "entropy"}],
-                         ids=["paper", "all_off", "official", "margin", "entropy"])
+@pytest.mark.parametrize("options", [{}, ALL_OFF, OFFICIAL, {"indicator": "margin"}, {"indicator": "entropy"},
+                                     {"acp_placement": "ground", "acp_probability": 1.0}],
+                         ids=["paper", "all_off", "official", "margin", "entropy", "ground_placement"])
 def test_ael_trains(options):
     method, student, labeled, unlabeled = make_method("ael", aux=bool(options.get("ohem")), **options)
     initial = method.bank.conf.clone()
@@ -130,6 +131,32 @@ def test_acp_moves_exactly_the_sampled_classes(monkeypatch):
         assert torch.equal(out["label"][i][~moved], batch["label"][i][~moved])
         assert torch.equal(out["image"][i][:, ~moved], batch["image"][i][:, ~moved])
     assert logs["acp_pixel_ratio"] > 0
+
+
+def test_acp_ground_placement_stands_each_object_on_its_own_ground():
+    method, *_ = make_method("ael", acp_placement="ground")
+    # Source: class 2 (two pixels wide, rows 2-4) standing on class 1; class 3 touching the bottom
+    # edge (no ground known); class 0 elsewhere.
+    label = torch.zeros(8, 6, dtype=torch.long)
+    label[2:5, 0:2], label[5, 0:2], label[6:8, 5] = 2, 1, 3
+    source = {"image": torch.arange(3 * 8 * 6, dtype=torch.float).view(3, 8, 6), "label": label,
+              "valid": torch.ones(8, 6, dtype=torch.bool)}
+    moved = (label == 2) | (label == 3)
+    target_label = torch.zeros(8, 6, dtype=torch.long)
+    target_label[6, 3:5] = 1                                  # the target's only class-1 pixels
+    valid = torch.ones(8, 6, dtype=torch.bool)
+    placed, placed_moved, share = method._on_own_ground(source, moved, target_label, valid)
+    expected = torch.zeros(8, 6, dtype=torch.bool)
+    expected[3:6, 3:5] = True                                 # class 2 moved by (+1, +3): feet right above class 1
+    expected[6:8, 5] = True                                   # class 3 stays where it was
+    assert torch.equal(placed_moved, expected) and torch.equal(placed["valid"], expected)
+    assert torch.equal(placed["label"][3:6, 3:5], torch.full((3, 2), 2))
+    assert torch.equal(placed["image"][:, 3:6, 3:5], source["image"][:, 2:5, 0:2])
+    assert (placed["label"][~expected] == IGNORE).all() and share == pytest.approx(6 / 8)
+    # A target without the ground class leaves every object where it was.
+    placed, placed_moved, share = method._on_own_ground(source, moved, torch.zeros_like(target_label), valid)
+    assert torch.equal(placed_moved, moved) and share == 0
+    assert torch.equal(placed["label"][moved], label[moved])
 
 
 def test_acp_in_warmup_false_pastes_only_after_the_switch():

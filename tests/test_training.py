@@ -334,3 +334,29 @@ def test_teacher_probe_counts_every_unlabeled_pixel_of_a_class(data_root, tmp_pa
     recall_at_0 = float(cells[0].split("/")[1])
     assert recall_at_0 == pytest.approx(as_road[0] if as_road else 0.0, abs=0.11)
     assert cells[1].split(":")[1].split() == ["0.0", "/", "0.0"]
+
+
+def test_copy_paste_context_counts_ground_of_labeled_and_pasted_pixels(data_root, tmp_path, capsys):
+    """benchmarks/copy_paste_context.py: the ground class of a class's pixels, before and after AEL's
+    Copy-Paste (every labeled image receives a paste of the one allowed class)."""
+    import importlib.util
+    import yaml
+    config = tmp_path / "ael.yaml"
+    raw = tiny_config(data_root, tmp_path, method="ael", method__acp_probability=1.0,
+                      method__acp_excluded_classes=["sky", "building", "grass", "road"])
+    config.write_text(yaml.safe_dump(raw))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "copy_paste_context.py"
+    spec = importlib.util.spec_from_file_location("copy_paste_context", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for placement in ("random", "ground"):
+        assert script.main([str(config), "--classes", "person", "--batches", "2", "--top", "20",
+                            "--set", f"method.acp_placement={placement}"]) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("person")]
+        assert len(rows) == 2 and rows[0].split()[1:3] == ["as", "labeled"] and rows[1].split()[1] == "pasted"
+        for row in rows:
+            if "no pixel" not in row:
+                shares = [float(part.split()[-2]) for part in row.split("px:")[1].split(",")]
+                assert sum(shares) == pytest.approx(100, abs=0.5)            # every pixel has a ground or none
+    with pytest.raises(SystemExit):
+        script.main([str(config), "--classes", "nosuchclass", "--batches", "1"])

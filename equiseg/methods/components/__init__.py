@@ -9,8 +9,8 @@ from .confidence_bank import ClassPresenceBank, ConfidenceBank, class_sums, pixe
 from .losses import (Ohem, equalization_sampling_mask, normalized_weights, partial_label_cross_entropy,
                      pixel_cross_entropy, reweighting_weights, sigmoid_rampup, softmax_mse, supervised_loss,
                      weighted_mean)
-from .mixing import (class_region_masks, connected_components, copy_paste_mask, large_scale_jitter,
-                     mixing_partners, paste, random_boxes)
+from .mixing import (class_region_masks, connected_components, copy_paste_mask, foot_pixels, ground_below,
+                     large_scale_jitter, mixing_partners, paste, random_boxes, shift)
 from .semisup import (LogitAdjustedConfig, LossDenominator, PseudoLabelConfig, TeacherStudentConfig,
                       TeacherStudentMethod, masked_mean)
 from .teacher import EMATeacher, PseudoLabels, make_pseudo_labels
@@ -19,8 +19,8 @@ __all__ = [
     "ClassPresenceBank", "ConfidenceBank", "class_sums", "pixel_indicator",
     "Ohem", "equalization_sampling_mask", "normalized_weights", "partial_label_cross_entropy", "pixel_cross_entropy",
     "reweighting_weights", "sigmoid_rampup", "softmax_mse", "supervised_loss", "weighted_mean",
-    "class_region_masks", "connected_components", "copy_paste_mask", "large_scale_jitter",
-    "mixing_partners", "paste", "random_boxes",
+    "class_region_masks", "connected_components", "copy_paste_mask", "foot_pixels", "ground_below",
+    "large_scale_jitter", "mixing_partners", "paste", "random_boxes", "shift",
     "LogitAdjustedConfig", "LossDenominator", "PseudoLabelConfig", "TeacherStudentConfig", "TeacherStudentMethod",
     "masked_mean",
     "EMATeacher", "PseudoLabels", "make_pseudo_labels",

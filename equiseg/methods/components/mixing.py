@@ -148,3 +148,40 @@ def copy_paste_mask(source_label: torch.Tensor, classes: torch.Tensor) -> torch.
     """The pixels Copy-Paste moves: every pixel of the source whose label is one of ``classes``
     (category-level Copy-Paste, AEL §3.3)."""
     return torch.isin(source_label, classes.to(source_label.device))
+
+
+def ground_below(label: torch.Tensor, inside: torch.Tensor, reach: int, ignore_index: int) -> torch.Tensor:
+    """(H, W): for every pixel, the first class below it in its column that lies outside ``inside``
+    within ``reach`` rows ("the ground it stands on"); ``ignore_index`` where there is none."""
+    found = torch.full_like(label, ignore_index)
+    for k in range(min(reach, label.shape[-2] - 1), 0, -1):  # the nearest row last, so it wins
+        below = torch.full_like(label, ignore_index)
+        below[..., :-k, :] = label[..., k:, :]
+        outside = torch.zeros_like(inside)
+        outside[..., :-k, :] = ~inside[..., k:, :]
+        found = torch.where(outside & (below != ignore_index), below, found)
+    return found
+
+
+def foot_pixels(moved: torch.Tensor) -> torch.Tensor:
+    """(H, W) bool: the pixels of ``moved`` with no moved pixel right below them (an object's
+    bottom edge, where it meets its ground)."""
+    below = torch.zeros_like(moved)
+    below[:-1] = moved[1:]
+    return moved & ~below
+
+
+def shift(sample: dict, dy: int, dx: int, ignore_index: int) -> dict:
+    """``image`` (3,H,W), ``label`` and ``valid`` (H,W) moved by (dy, dx) pixels; what enters is
+    padding (image 0, label ``ignore_index``, valid False), what leaves is dropped."""
+    h, w = sample["label"].shape
+    out = {"image": sample["image"].new_zeros(sample["image"].shape),
+           "label": sample["label"].new_full((h, w), ignore_index),
+           "valid": sample["valid"].new_zeros((h, w))}
+    src_y, dst_y = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    src_x, dst_x = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    if src_y.start < src_y.stop and src_x.start < src_x.stop:
+        out["image"][:, dst_y, dst_x] = sample["image"][:, src_y, src_x]
+        out["label"][dst_y, dst_x] = sample["label"][src_y, src_x]
+        out["valid"][dst_y, dst_x] = sample["valid"][src_y, src_x]
+    return out
